@@ -1,0 +1,33 @@
+"""filtertron: a distributed GPT training framework with image-filtering attention."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="filtertron",
+    version="0.1.0",
+    description="Distributed GPT training with bilateral, twicing attention and GRC residuals",
+    python_requires=">=3.11",
+    packages=find_packages(include=["filtertron", "filtertron.*"]),
+    install_requires=[
+        # torch is installed first by the Makefile (torch==2.13.0, CPU build on our machines);
+        # the range here accepts it without pulling another build.
+        "torch>=2.5,<=2.14.1",
+        "numpy",
+        "pyyaml>=6",
+        "tqdm",
+        "matplotlib",
+        "deepspeed==0.19.8",
+        "megatron-core==0.16.1",
+        "sentencepiece>=0.2",
+        "tokenizers",
+        "datasets",
+        "pyarrow",
+        "tensorboard",
+    ],
+    extras_require={
+        "mpi": ["mpi4py"],
+        "triton": ["triton"],
+        "dev": ["pytest", "ruff"],
+    },
+    entry_points={"console_scripts": ["filtertron=filtertron.cli:main"]},
+)

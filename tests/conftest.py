@@ -1,0 +1,22 @@
+"""Shared test set-up: persistent compile caches, deterministic seeds, small thread counts."""
+
+import os
+from pathlib import Path
+
+_CACHE = Path(__file__).resolve().parents[1] / ".cache"
+for var, sub in (
+    ("TORCH_EXTENSIONS_DIR", "torch_extensions"),
+    ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+    ("TRITON_CACHE_DIR", "triton"),
+    ("MPLCONFIGDIR", "matplotlib"),
+):
+    os.environ.setdefault(var, str(_CACHE / sub))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield

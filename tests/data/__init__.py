@@ -1,0 +1,1 @@
+"""Tests of filtertron.data: sources, tokenizers, prepare, indexed files, samplers."""

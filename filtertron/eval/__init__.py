@@ -1,0 +1,1 @@
+"""Evaluation: perplexity (token, word, bits per byte), long context, robustness, diagnostics."""

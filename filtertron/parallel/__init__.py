@@ -1,0 +1,1 @@
+"""Parallelism applied to a built model: process groups, tensor/pipeline plans, CPU shims."""

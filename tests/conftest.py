@@ -1,5 +1,6 @@
 """Shared test set-up: persistent compile caches, deterministic seeds, small thread counts."""
 
+import glob
 import os
 from pathlib import Path
 
@@ -20,3 +21,15 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_shm():
+    """DeepSpeed's CPU all-reduce leaves 66 MB /dev/shm buffers behind; remove ours."""
+    before = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
+    yield
+    for f in set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*")) - before:
+        try:
+            os.remove(f)
+        except OSError:
+            pass

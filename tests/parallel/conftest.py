@@ -8,7 +8,6 @@ for the session (see :class:`_Pool`).
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 import queue
@@ -24,8 +23,15 @@ import torch.multiprocessing as mp
 
 from filtertron.config import RunConfig, load_config
 
-TINY = {"model.n_layers": 2, "model.d_model": 32, "model.n_heads": 4, "model.seq_len": 16,
-        "model.vocab_size": 50, "model.attention.impl": "reference", "train.seed": 1234}
+TINY = {
+    "model.n_layers": 2,
+    "model.d_model": 32,
+    "model.n_heads": 4,
+    "model.seq_len": 16,
+    "model.vocab_size": 50,
+    "model.attention.impl": "reference",
+    "train.seed": 1234,
+}
 
 
 def tiny_config(*overrides: str, **parallel: object) -> RunConfig:
@@ -54,9 +60,12 @@ class _Pool:
         self.tasks = [ctx.SimpleQueue() for _ in range(nprocs)]
         self.results = ctx.Queue()
         port = _free_port()
-        self.procs = [ctx.Process(target=_serve, daemon=True,
-                                  args=(r, nprocs, port, self.tasks[r], self.results))
-                      for r in range(nprocs)]
+        self.procs = [
+            ctx.Process(
+                target=_serve, daemon=True, args=(r, nprocs, port, self.tasks[r], self.results)
+            )
+            for r in range(nprocs)
+        ]
         for p in self.procs:
             p.start()
 
@@ -71,8 +80,10 @@ class _Pool:
             except queue.Empty:
                 dead = [r for r, p in enumerate(self.procs) if not p.is_alive()]
                 if dead or time.monotonic() > deadline:
-                    raise RuntimeError(f"{fn.__name__} on {self.n} ranks: ranks {dead} died, "
-                                       f"ranks {sorted(out)} done, {timeout} s limit") from None
+                    raise RuntimeError(
+                        f"{fn.__name__} on {self.n} ranks: ranks {dead} died, "
+                        f"ranks {sorted(out)} done, {timeout} s limit"
+                    ) from None
                 continue
             if not ok:
                 raise RuntimeError(f"{fn.__name__} failed on rank {rank}:\n{payload}")
@@ -90,8 +101,14 @@ class _Pool:
 
 
 def _serve(rank: int, world: int, port: int, tasks, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
     from deepspeed.utils import groups
 
@@ -134,8 +151,9 @@ def _close_pools():
         _POOLS.popitem()[1].close()
 
 
-def batches(n: int, micro_batch: int, seq_len: int = 16, vocab: int = 50,
-            seed: int = 3) -> list[torch.Tensor]:
+def batches(
+    n: int, micro_batch: int, seq_len: int = 16, vocab: int = 50, seed: int = 3
+) -> list[torch.Tensor]:
     """``n`` random (micro_batch, seq_len + 1) token batches, identical in every process."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab, (micro_batch, seq_len + 1), generator=g) for _ in range(n)]
@@ -144,8 +162,10 @@ def batches(n: int, micro_batch: int, seq_len: int = 16, vocab: int = 50,
 def param_groups(params) -> list[dict]:
     """AdamW groups as the trainer makes them: matrices decay, vectors do not."""
     params = [p for p in params if p.requires_grad]
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
 
 
 LR, CLIP, BETAS = 1e-2, 0.05, (0.9, 0.95)
@@ -153,18 +173,24 @@ LR, CLIP, BETAS = 1e-2, 0.05, (0.9, 0.95)
 
 def ds_config(cfg: RunConfig, dp: int, micro_batch: int, grad_accum: int) -> dict:
     """A DeepSpeed config with AdamW and clipping that bites (grad norms here are ~1)."""
-    return {"train_micro_batch_size_per_gpu": micro_batch,
-            "gradient_accumulation_steps": grad_accum,
-            "train_batch_size": micro_batch * grad_accum * dp, "gradient_clipping": CLIP,
-            "optimizer": {"type": "AdamW", "params": {"lr": LR, "betas": list(BETAS),
-                                                      "eps": 1e-8, "torch_adam": True}},
-            "zero_optimization": {"stage": cfg.parallel.zero_stage},
-            "steps_per_print": 10**9,
-            "pipeline": {"pipe_partitioned": False, "grad_partitioned": False}}
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch * grad_accum * dp,
+        "gradient_clipping": CLIP,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": LR, "betas": list(BETAS), "eps": 1e-8, "torch_adam": True},
+        },
+        "zero_optimization": {"stage": cfg.parallel.zero_stage},
+        "steps_per_print": 10**9,
+        "pipeline": {"pipe_partitioned": False, "grad_partitioned": False},
+    }
 
 
-def reference_training(cfg: RunConfig, data: list[torch.Tensor], grad_accum: int,
-                       steps: int) -> tuple[list[float], list[float]]:
+def reference_training(
+    cfg: RunConfig, data: list[torch.Tensor], grad_accum: int, steps: int
+) -> tuple[list[float], list[float]]:
     """The independent single-process reference: plain PyTorch AdamW on the whole GPT.
 
     Returns the loss of every step (mean over its micro-batches, before the update) and the
@@ -178,7 +204,7 @@ def reference_training(cfg: RunConfig, data: list[torch.Tensor], grad_accum: int
     losses, norms = [], []
     for s in range(steps):
         total = 0.0
-        for b in data[s * grad_accum:(s + 1) * grad_accum]:
+        for b in data[s * grad_accum : (s + 1) * grad_accum]:
             loss = model(b[:, :-1], b[:, 1:]) / grad_accum
             loss.backward()
             total += loss.item()
@@ -209,9 +235,12 @@ def build_engine(cfg: RunConfig, world: int):
         if cfg.parallel.tp > 1:
             tensor.apply_tensor_parallel(model, cfg.model, cfg.parallel.sequence_parallel)
         mpu = layout.mpu
-    engine, *_ = deepspeed.initialize(model=model,
-                                      model_parameters=param_groups(model.parameters()),
-                                      config=ds_config(cfg, layout.dp_size, MB, GAS), mpu=mpu)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=param_groups(model.parameters()),
+        config=ds_config(cfg, layout.dp_size, MB, GAS),
+        mpu=mpu,
+    )
     return engine, layout
 
 
@@ -251,15 +280,27 @@ def train_job(rank: int, world: int, cfg: RunConfig, ckpt_root: str | None) -> d
             engine.save_checkpoint(ckpt_root, tag=tag, save_latest=False)
             dist.barrier()
             if rank == 0:
-                checkpoint.commit(Path(ckpt_root) / tag, {
-                    "step": step, "consumed_samples": step * GAS * MB * dp,
-                    "config": cfg.to_dict(), "world_size": world, "tokenizer_hash": None})
+                checkpoint.commit(
+                    Path(ckpt_root) / tag,
+                    {
+                        "step": step,
+                        "consumed_samples": step * GAS * MB * dp,
+                        "config": cfg.to_dict(),
+                        "world_size": world,
+                        "tokenizer_hash": None,
+                    },
+                )
             dist.barrier()
         losses.append(train_step(engine, cfg, it))
         norm = engine.get_global_grad_norm()
         norms.append(None if norm is None else float(norm))
-    return {"losses": losses, "norms": norms, "pp_rank": layout.pp_rank,
-            "tp_rank": layout.tp_rank, "dp_rank": layout.dp_rank}
+    return {
+        "losses": losses,
+        "norms": norms,
+        "pp_rank": layout.pp_rank,
+        "tp_rank": layout.tp_rank,
+        "dp_rank": layout.dp_rank,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -273,19 +314,12 @@ def pp2_run(tmp_path_factory) -> tuple[RunConfig, list[dict], Path]:
 @pytest.fixture(scope="session")
 def tp2_run(tmp_path_factory) -> tuple[RunConfig, list[dict], Path]:
     """TP=2 (plain engine, megatron mpu) with GRC, ZeRO-1; checkpointed before its last step."""
-    cfg = tiny_config("model.residual.kind=generalized", "model.attention.kind=bilateral",
-                      "model.position=none", tp=2, zero_stage=1)
+    cfg = tiny_config(
+        "model.residual.kind=generalized",
+        "model.attention.kind=bilateral",
+        "model.position=none",
+        tp=2,
+        zero_stage=1,
+    )
     root = tmp_path_factory.mktemp("tp2") / "checkpoints"
     return cfg, spawn(train_job, 2, cfg, str(root)), root / "step_00000002"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _clean_shm():
-    """DeepSpeed's CPU all-reduce leaves 66 MB /dev/shm buffers behind; remove ours."""
-    before = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
-    yield
-    for f in set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*")) - before:
-        try:
-            os.remove(f)
-        except OSError:
-            pass

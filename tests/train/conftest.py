@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import socket
 import subprocess
@@ -97,15 +96,3 @@ def run_launcher(args: list[str], timeout: float = 600) -> subprocess.CompletedP
     return subprocess.run(
         cmd, env=launcher_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _clean_shm():
-    """DeepSpeed's CPU all-reduce leaves 66 MB /dev/shm buffers behind; remove ours."""
-    before = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
-    yield
-    for f in set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*")) - before:
-        try:
-            os.remove(f)
-        except OSError:
-            pass

@@ -96,39 +96,18 @@ def write_report(out: Path, summary: dict[str, dict], eval_dir: Path, seconds: f
         )
     results = eval_dir / "results.json"
     if results.is_file():
-        rows = json.loads(results.read_text())
+        from filtertron.eval.report import summary_tables
+
         lines += [
             "",
             "## Test-split evaluation",
             "",
-            "Perplexities with window length L and stride S (S = L: disjoint windows).",
-            "",
+            summary_tables(json.loads(results.read_text())),
         ]
-        keys = [
-            "name",
-            "kind",
-            "length",
-            "stride",
-            "contamination",
-            "attack",
-            "epsilon",
-            "token_ppl",
-            "word_ppl",
-            "bits_per_byte",
-        ]
-        present = [k for k in keys if any(k in r for r in rows)]
-        lines.append("| " + " | ".join(present) + " |")
-        lines.append("|" + "---|" * len(present))
-        for r in rows:
-            cells = []
-            for k in present:
-                v = r.get(k, "")
-                cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
-            lines.append("| " + " | ".join(cells) + " |")
         for png, title in (
             ("ppl_vs_length.png", "long context"),
             ("ppl_vs_contamination.png", "contaminated input"),
-            ("token_similarity.png", "token uniformity across depth"),
+            ("token_similarity.png", "token uniformity and attention entropy across depth"),
         ):
             if (eval_dir / png).is_file():
                 rel = (eval_dir / png).relative_to(out)
@@ -176,29 +155,29 @@ def run(args: argparse.Namespace) -> int:
         _run(cmd)
     summary = plot_losses(runs, out / "loss_curves.png")
     eval_dir = out / "eval"
-    try:
-        import filtertron.eval.cli  # noqa: F401
-    except ModuleNotFoundError:
-        print("[demo] filtertron eval is not available in this build; skipping evaluation")
-    else:
-        cmd = _cli(
-            "eval",
-            *map(str, runs.values()),
-            "--data",
-            args.data,
-            "--split",
-            "test",
-            "--lengths",
-            "128,256,512,1024",
-            "--contamination",
-            "0,0.1,0.2",
-            "--diagnostics",
-            "--out",
-            str(eval_dir),
-            "--name",
-            *runs,
-        )
-        _run(cmd)
+    # Checkpoints come before --name, which takes several values.
+    cmd = _cli(
+        "eval",
+        *map(str, runs.values()),
+        "--data",
+        args.data,
+        "--split",
+        "test",
+        "--lengths",
+        "128,256,512,1024",
+        "--contamination",
+        "0,0.1,0.2",
+        "--attack",
+        "fgsm",
+        "--epsilon",
+        "0.01",
+        "--diagnostics",
+        "--out",
+        str(eval_dir),
+        "--name",
+        *runs,
+    )
+    _run(cmd)
     report = write_report(out, summary, eval_dir, time.time() - start)
     print(f"[demo] report: {report}")
     return 0

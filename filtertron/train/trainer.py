@@ -233,9 +233,26 @@ class Trainer:
         return float("nan") if norm is None else float(norm)
 
     def _load(self, info: ckpt.CheckpointInfo) -> None:
-        path, _ = self.engine.load_checkpoint(str(self.ckpt_root), tag=info.path.name)
+        weights_only = bool(info.meta.get("weights_only"))  # written by `filtertron convert`
+        path, _ = self.engine.load_checkpoint(
+            str(self.ckpt_root),
+            tag=info.path.name,
+            load_module_only=weights_only,
+            load_optimizer_states=not weights_only,
+            load_lr_scheduler_states=not weights_only,
+        )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {info.path}")
+        if weights_only:
+            # A resharded checkpoint has no optimizer state (ZeRO partitions are tied to a
+            # layout): Adam's moments restart, the schedule continues at the step.
+            self.engine.lr_scheduler.step(info.step - 1)
+            log.warning(
+                "%s holds weights only (converted from another layout): optimizer state "
+                "starts fresh at step %d",
+                info.path,
+                info.step,
+            )
         ckpt.load_rng(info.path, self.dist.rank)
         self.step = info.step
         self.consumed = int(info.meta["consumed_samples"])

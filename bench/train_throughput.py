@@ -13,6 +13,7 @@ and MFU against this CPU's measured fp32 matmul peak.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -79,7 +80,7 @@ def plain_loop(cfg, train_ds, steps: int) -> list[float]:
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
-        float(loss)  # the loss reaches the host, as a logging loop would
+        float(loss.detach())  # the loss reaches the host, as a logging loop would
         stamps.append(time.perf_counter())
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
@@ -97,7 +98,8 @@ def filtertron_loop(cfg) -> tuple[list[float], Trainer]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "tiny.yaml"))
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of each side")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -116,17 +118,24 @@ def main() -> None:
             *args.overrides,
         ],
     )
-    ft, tr = filtertron_loop(cfg)
-    pl = plain_loop(cfg, tr.train_ds, args.steps)
+    # Alternate the two sides so background load on a shared machine hits both alike.
+    ft, pl = [], []
     skip = max(1, args.steps // 10)  # warm-up steps excluded from both
-    ft_med, pl_med = statistics.median(ft[skip:]), statistics.median(pl[skip:])
+    for r in range(args.rounds):
+        run_cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, out_dir=str(work / f"run{r}"))
+        )
+        steps, tr = filtertron_loop(run_cfg)
+        ft += steps[skip:]
+        pl += plain_loop(cfg, tr.train_ds, args.steps)[skip:]
+    ft_med, pl_med = statistics.median(ft), statistics.median(pl)
     tokens = cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.model.seq_len
     peak = measured_peak_flops()
     fpt = flops_per_token(cfg.model)
     print(
         f"model: {cfg.model.n_layers}L d={cfg.model.d_model} T={cfg.model.seq_len}, "
         f"{tokens} tokens/step, {torch.get_num_threads()} threads, {args.steps} steps "
-        f"(first {skip} excluded)"
+        f"x {args.rounds} alternating rounds (first {skip} of each excluded)"
     )
     print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
     print(f"{'loop':<12}{'median step ms':>16}{'tokens/s':>12}{'MFU':>8}")

@@ -150,3 +150,13 @@ def test_non_contiguous_inputs_and_value_dim():
             ref = attention(q, k, v, kind, "reference", **extra)
             assert out.shape == (B, H, T, 5)
             assert torch.allclose(out, ref, atol=1e-5), (impl, kind)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "flex"])
+def test_inference_mode(impl):
+    """The sdpa engine's CPU worker threads must inherit the caller's inference mode."""
+    q, k, v = qkv()
+    for kind, extra in (("bilateral", {"h_p": H_P}), ("twicing", {})):
+        with torch.inference_mode():
+            out = attention(q, k, v, kind, impl, **extra)
+        assert torch.allclose(out, attention(q, k, v, kind, "reference", **extra), atol=1e-5)

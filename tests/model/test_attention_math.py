@@ -7,6 +7,7 @@ sdpa), float32 for flex (compiled FlexAttention on CPU has no float64) with a fl
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -212,3 +213,52 @@ def test_flex_window_skipping_matches_full(monkeypatch):
 
     for a, b in zip(run(True), run(False), strict=True):
         assert (a - b).abs().max() <= 1e-6 * b.abs().max()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sdpa_thread_chunks_agree(batch):
+    """The engine splits rows over CPU threads (batches, else heads); results must not move."""
+    q, k, v = qkv((batch, H, T, D))
+    h_p = torch.tensor([1.0, 300.0, 4.0], dtype=torch.float64)
+    fn = functools.partial(sdpa.twicing, base="bilateral", content="gaussian", block=32)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(_grads(lambda q, k, v, h: fn(q, k, v, h_p=h), (q, k, v), h_p))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(other, results[0], strict=True):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_gaussian_is_the_literal_distance():
+    q, k, _ = qkv((1, H, 9, 5))
+    h_y = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    literal = -(q[..., :, None, :] - k[..., None, :, :]).square().sum(-1) / (
+        2 * h_y[:, None, None] ** 2
+    )
+    ref = reference.logits(
+        q, k, "bilateral", False, h_y, torch.full((H,), math.inf, dtype=torch.float64), "gaussian"
+    )
+    assert torch.allclose(ref, literal, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(
+    "T, hi", [(97, (97, 97, 97)), (300, (128, 256, 300)), (700, (5, 130, 700))]
+)
+def test_flex_block_mask_equals_create_block_mask(T, hi, causal):
+    """flex builds its banded BlockMask from block bounds; torch's dense build must agree."""
+    from torch.nn.attention import flex_attention as fa
+
+    from filtertron.model.attention import mods
+
+    hi_t = torch.tensor(hi, dtype=torch.int32)
+    lo_t = torch.zeros_like(hi_t) if causal else -hi_t
+    ref = fa.create_block_mask(mods.band(lo_t, hi_t), None, H, T, T, device="cpu")
+    mine = flex._block_mask(T, "cpu", causal, hi)
+    for a, b in zip(mine.as_tuple()[2:10], ref.as_tuple()[2:10], strict=True):
+        assert torch.equal(a, b)

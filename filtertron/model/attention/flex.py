@@ -1,10 +1,11 @@
 """FlexAttention path: every kernel as one score_mod plus a banded block mask.
 
-    logit_ij = scale qs_i . k_j + kb_j - (r_h (i - j))^2 - m_h |i - j|,  lo_h <= i - j <= hi_h
+    logit_ij = qs_i . k_j + kb_j - (r_h (i - j))^2 - m_h |i - j|,  lo_h <= i - j <= hi_h
 
-(see :mod:`filtertron.model.attention.mods`). softmax: qs = q, scale = 1/sqrt(D), optional
-ALiBi slopes m_h; bilateral: qs, kb from :func:`reference.split_content`, scale 1,
-r_h = 1 / (sqrt(2) h_p); twicing: two passes with the same mods, out = 2 O1 - O2.
+(see :mod:`filtertron.model.attention.mods`). softmax: qs = q / sqrt(D) (or q scale), optional
+ALiBi slopes m_h; bilateral: qs, kb from :func:`reference.split_content`,
+r_h = 1 / (sqrt(2) h_p); twicing: two passes with the same mods, out = 2 O1 - O2. FlexAttention
+always gets scale 1, so every kernel shares one compiled graph per shape and dtype.
 
 Bilateral heads also mask |i - j| > sqrt(60) h_p (spatial weight below e^-30, SPEC's fast
 bilateral approximation), so far key blocks are skipped per head. The window is rounded up
@@ -15,6 +16,9 @@ Where it runs: CUDA forward and backward through torch.compile(flex_attention); 
 through torch.compile (inductor's fused C++ kernel, memory linear in T). Torch refuses flex
 backward on CPU; this module then raises and names the impls that can. (Tests lift torch's
 private guard to check the eager backward; that runs materialised and is never used here.)
+Compiled shapes are static (a dynamic T fails to build on CPU in torch 2.13): each new
+(B, H, T, D, dtype) compiles once, and past torch._dynamo.config.recompile_limit (8) shapes in
+one process dynamo warns and runs flex eagerly, materialised.
 Shapes: q, k (B, H, T, D), v (B, H, T, Dv); h_y, h_p, alibi_slopes (H,); out (B, H, T, Dv).
 """
 
@@ -44,11 +48,28 @@ def _compiled():
 
 @functools.lru_cache(maxsize=64)
 def _block_mask(T: int, device: str, causal: bool, hi: tuple[int, ...]) -> _fa.BlockMask:
-    """Banded block mask lo_h <= i - j <= hi_h with lo = 0 (causal) or -hi; cached."""
+    """Banded block mask lo_h <= i - j <= hi_h with lo = 0 (causal) or -hi; cached.
+
+    Built from the band's block bounds: create_block_mask evaluates the mask on all H T^2
+    pairs (over 17 GB of index tensors at T = 16K), this is O(H (T / 128)^2).
+    """
     hi_t = torch.tensor(hi, device=device, dtype=torch.int32)
     lo_t = torch.zeros_like(hi_t) if causal else -hi_t
+    start = torch.arange(0, T, _BLOCK, device=device, dtype=torch.int32)
+    end = (start + _BLOCK - 1).clamp_max(T - 1)  # last real position of each block
+    d_min, d_max = start[:, None] - end[None, :], end[:, None] - start[None, :]  # (nQ, nK)
+    lo, up = lo_t[:, None, None], hi_t[:, None, None]  # (H, 1, 1)
+    whole = end - start == _BLOCK - 1  # a block with padding is never "full"
+    full = (d_min >= lo) & (d_max <= up) & whole[:, None] & whole[None, :]
+    partial = (d_max >= lo) & (d_min <= up) & ~full
+    (kv_num, kv_idx), (full_num, full_idx) = (
+        _fa._dense_to_ordered(m[None])
+        for m in (partial, full)  # (1, H, nQ[, nK])
+    )
     # Always per head: one block-mask shape for all kernels means one compiled graph.
-    return _fa.create_block_mask(mods.band(lo_t, hi_t), None, len(hi), T, T, device=device)
+    return _fa.BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, _BLOCK, mods.band(lo_t, hi_t), seq_lengths=(T, T)
+    )
 
 
 def _bands(T: int, H: int, h_p: Tensor | None, skip_far: bool) -> tuple[int, ...]:
@@ -100,9 +121,9 @@ def _run(qs, k, v, kb, r, ab, scale, causal, bands, needs_grad) -> Tensor:
 def _kernel(q, k, base, h_y, h_p, content, scale, alibi_slopes, skip_far):
     """(qs, k, kb, r, ab, scale, bands) of the base kernel."""
     T, D = q.shape[-2:]
-    if base == "softmax":
+    if base == "softmax":  # scale folded into q: a Python float would specialise the graph
         scale = 1.0 / math.sqrt(D) if scale is None else scale
-        return q, k, None, None, alibi_slopes, scale, _bands(T, q.shape[1], None, False)
+        return q * scale, k, None, None, alibi_slopes, 1.0, _bands(T, q.shape[1], None, False)
     qs, kb = split_content(q, k, h_y, content)
     r = 1.0 / (math.sqrt(2.0) * h_p)
     return qs, k, kb, r, None, 1.0, _bands(T, q.shape[1], h_p, skip_far)
@@ -131,7 +152,18 @@ def softmax(
     alibi_slopes: Tensor | None = None,
     dropout_p: float = 0.0,
 ) -> Tensor:
-    """Softmax attention (optionally ALiBi) through FlexAttention, (B, H, T, Dv)."""
+    """Softmax attention (optionally ALiBi) through FlexAttention.
+
+    Args:
+        q, k: (B, H, T, D) queries and keys; v: (B, H, T, Dv) values.
+        causal: mask j > i.
+        scale: logit scale, default 1/sqrt(D).
+        alibi_slopes: (H,) ALiBi slopes, or None.
+        dropout_p: must be 0.
+
+    Returns:
+        (B, H, T, Dv).
+    """
     args = (None, None, "dot", scale, alibi_slopes, dropout_p, False)
     return _attend(q, k, v, "softmax", False, causal, *args)
 
@@ -151,9 +183,7 @@ def bilateral(
     """Bilateral self-attention through FlexAttention, (B, H, T, Dv).
 
     Args:
-        q: (B, H, T, D) queries.
-        k: (B, H, T, D) keys.
-        v: (B, H, T, Dv) values.
+        q, k: (B, H, T, D) queries and keys; v: (B, H, T, Dv) values.
         h_y: (H,) content bandwidths, None for the default init.
         h_p: (H,) spatial bandwidths.
         content: "dot" or "gaussian".
@@ -182,6 +212,16 @@ def twicing(
     *,
     skip_far: bool = True,
 ) -> Tensor:
-    """Twicing 2 O1 - O2 over the ``base`` kernel, two FlexAttention passes, (B, H, T, Dv)."""
+    """Twicing 2 O1 - O2 over the ``base`` kernel, two FlexAttention passes.
+
+    Args:
+        q, k: (B, H, T, D) queries and keys; v: (B, H, T, Dv) values.
+        base: "softmax" (with ``scale``, ``alibi_slopes``) or "bilateral" (with ``h_y``,
+            ``h_p``, ``content``, ``skip_far``), as in :func:`softmax` and :func:`bilateral`.
+        causal: mask j > i.
+
+    Returns:
+        (B, H, T, Dv).
+    """
     args = (h_y, h_p, content, scale, alibi_slopes, 0.0, skip_far)
     return _attend(q, k, v, base, True, causal, *args)

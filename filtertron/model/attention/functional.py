@@ -26,8 +26,9 @@ BASES = ("softmax", "bilateral")
 CONTENTS = ("dot", "gaussian")
 IMPLS = ("reference", "sdpa", "flex", "triton")
 
-# (device type, kind, base) -> impl for "auto". CPU numbers are bench/attention.py's; the CUDA
-# entries follow FlexAttention's fused backward and are not measured on our CPU machines.
+# (device type, kind) -> impl for "auto", from bench/attention.py on CPU (sdpa is fastest with
+# grads; compiled flex is faster for bilateral inference but compiles 10-60 s per new T, so
+# it is an explicit choice). CUDA entries follow FlexAttention's fused backward; not measured.
 _AUTO_TABLE = {
     ("cpu", "softmax"): "sdpa",
     ("cpu", "bilateral"): "sdpa",

@@ -110,8 +110,11 @@ def logits(
         if content == "dot":
             out = torch.matmul(q, k.transpose(-1, -2)) / hy
         else:
-            sq = (q[..., :, None, :] - k[..., None, :, :]).square().sum(-1)  # (B, H, T, T)
-            out = -sq / (2 * hy * hy)
+            # ||q_i - k_j||^2 expanded (as torch.cdist does): the literal difference would
+            # build (B, H, T, T, D), 8.6 GB at B=4 H=8 T=1024 D=64; tests check it equals.
+            qq, kk = q.square().sum(-1), k.square().sum(-1)  # (B, H, T)
+            sq = qq[..., :, None] + kk[..., None, :] - 2 * torch.matmul(q, k.transpose(-1, -2))
+            out = -sq.clamp_min(0) / (2 * hy * hy)
         out = out - dist.square() / (2 * _per_head(h_p, q).square())
     else:
         raise ValueError(f"base: expected 'softmax' or 'bilateral', got {base!r}")
@@ -153,7 +156,18 @@ def softmax(
     alibi_slopes: Tensor | None = None,
     dropout_p: float = 0.0,
 ) -> Tensor:
-    """Softmax attention (optionally with ALiBi), (B, H, T, Dv)."""
+    """Softmax attention (optionally with ALiBi).
+
+    Args:
+        q, k: (B, H, T, D) queries and keys; v: (B, H, T, Dv) values.
+        causal: mask j > i.
+        scale: logit scale, default 1/sqrt(D).
+        alibi_slopes: (H,) ALiBi slopes, or None.
+        dropout_p: attention dropout on A.
+
+    Returns:
+        (B, H, T, Dv).
+    """
     probs = attention_probs(q, k, "softmax", causal, scale=scale, alibi_slopes=alibi_slopes)
     return _apply(probs, v, dropout_p)
 
@@ -168,7 +182,19 @@ def bilateral(
     causal: bool = True,
     dropout_p: float = 0.0,
 ) -> Tensor:
-    """Bilateral self-attention, (B, H, T, Dv)."""
+    """Bilateral self-attention.
+
+    Args:
+        q, k: (B, H, T, D) queries and keys; v: (B, H, T, Dv) values.
+        h_y: (H,) content bandwidths, None for :func:`default_h_y`.
+        h_p: (H,) spatial bandwidths.
+        content: "dot" or "gaussian".
+        causal: mask j > i.
+        dropout_p: attention dropout on A.
+
+    Returns:
+        (B, H, T, Dv).
+    """
     probs = attention_probs(q, k, "bilateral", causal, h_y=h_y, h_p=h_p, content=content)
     return _apply(probs, v, dropout_p)
 
@@ -185,7 +211,15 @@ def twicing(
     scale: float | None = None,
     alibi_slopes: Tensor | None = None,
 ) -> Tensor:
-    """Twicing attention 2 A V - A (A V) over the ``base`` kernel, (B, H, T, Dv)."""
+    """Twicing attention 2 A V - A (A V) over the ``base`` kernel.
+
+    Args:
+        q, k: (B, H, T, D) queries and keys; v: (B, H, T, Dv) values.
+        base, causal, h_y, h_p, content, scale, alibi_slopes: the kernel, see :func:`logits`.
+
+    Returns:
+        (B, H, T, Dv).
+    """
     probs = attention_probs(q, k, base, causal, h_y, h_p, content, scale, alibi_slopes)
     o1 = torch.matmul(probs, v)
     return 2 * o1 - torch.matmul(probs, o1)

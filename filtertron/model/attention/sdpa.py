@@ -1,32 +1,33 @@
 """Fast CPU/GPU attention: fused SDPA for softmax, a tiled PyTorch engine for the rest.
 
-softmax without ALiBi calls ``torch.nn.functional.scaled_dot_product_attention`` (fused
-forward and backward, linear memory). Everything with a position bias or a second pass runs
-on ``_TiledAttention``, an autograd Function in plain PyTorch ops over (bq x bq) tiles:
+softmax without ALiBi is ``torch.nn.functional.scaled_dot_product_attention``. Everything
+with a position bias or a second pass runs on ``_TiledAttention``, an autograd Function of
+plain PyTorch ops over (bq x bq) tiles, exact in the bias (two extra head dimensions for the
+positions instead lose 1e-5..1e-3 in fp32 to cancellation for h_p <= 16 at T = 1024):
 
     logit = qs_i . k_j + kb_j - pc_h f(i - j)      f = (i - j)^2 (bilateral) or |i - j| (ALiBi)
     forward: online softmax per query block (flash style), saves lse;  out = A V
     backward: P = exp(logit - lse) recomputed per tile; dS = P * (dP - delta)
 
-The bias is added exactly per tile, so there is no fp32 cancellation from folding positions
-into extra head dimensions (measured: that trick loses 1e-5..1e-3 for h_p <= 16 at T = 1024
-unless blocks shrink to about 8 h_p). Twicing shares every tile between both passes:
-
-    forward (query blocks ascending, diagonal tile last):  [O1 | O2]_b += P_bc [V | O1]_c
-    backward (descending): X = A^T G is complete for block b after its diagonal tile, then
-    dO1 = 2G - X, dV += P^T dO1, dS = P * ([dO1, -G] . [V, O1] - delta)
-
-which is 3 + 7 tile matmuls instead of the 4 + 10 of two SDPA passes through autograd.
-Bilateral heads skip key tiles farther than sqrt(60) h_p from the query block (spatial weight
-< e^-30; SPEC's fast bilateral approximation, see :func:`bilateral`); heads are sorted by
-window so the live heads of a tile are a contiguous prefix. Shapes: q, k (B, H, T, D),
-v (B, H, T, Dv); h_y, h_p, alibi_slopes (H,); outputs (B, H, T, Dv).
+Twicing shares every tile between both passes: forward (query blocks ascending, diagonal
+last) [O1 | O2]_b += P_bc [V | O1]_c; backward (descending) X = A^T G is complete for block b
+after its diagonal, then dO1 = 2G - X, dV += P^T dO1, dS = P * ([dO1, -G] . [V, O1] - delta):
+7 tile matmuls instead of the 10 of two SDPA passes through autograd. Plain causal softmax
+twicing on CPU runs its forward as two fused SDPA passes (their lse is one). Causal diagonal
+tiles go as three half-size pieces in the backward. Bilateral heads skip key tiles farther
+than sqrt(60) h_p from the query block (weight < e^-30, SPEC's fast bilateral approximation,
+see :func:`bilateral`); heads are sorted by window so a tile's live heads are a prefix. On CPU
+the (batch, head) rows are split over the threads, one single-threaded chunk per Python thread
+(see :func:`_split`). About 600 lines: the engine is one unit (it could move to
+filtertron/kernels/). Shapes: q, k (B, H, T, D), v (B, H, T, Dv); h_y, h_p, alibi_slopes (H,).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -40,6 +41,7 @@ BLOCK = 128
 WINDOW = math.sqrt(60.0)  # in units of h_p: the spatial weight beyond it is below e^-30
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _FLOOR = -60.0  # shifted logits are clamped here before exp, see _Plan.exp_
+_ALL = slice(None)
 
 
 class _Spec(NamedTuple):
@@ -50,6 +52,8 @@ class _Spec(NamedTuple):
     twice: bool
     block: int
     windows: tuple[float, ...] | None  # per head, in tokens; None = no skipping
+    save: bool = True  # keep tiles for a backward (False under no_grad)
+    qscale: float = 1.0  # logit scale folded into the packed queries (and dq)
 
 
 class _Plan:
@@ -75,15 +79,19 @@ class _Plan:
         self.triu = torch.ones(self.bq, self.bq, dtype=torch.bool, device=device).triu(1)
         self._cache: dict[tuple, Tensor] = {}
 
-    def pack(self, *parts: Tensor, spare: int = 0) -> Tensor:
+    def pack(
+        self, *parts: Tensor, spare: int = 0, scale: float = 1.0, out: Tensor | None = None
+    ) -> Tensor:
         """(B, H, T, d_i) or (B, H, T) parts -> (nb, H*B, bq, sum d_i + spare) tiles.
 
         Parts sit side by side on the last axis (one copy each, no concatenation); heads are
-        in plan order, T is zero-padded to nb * bq; the spare columns are left unset.
+        in plan order, T is zero-padded to nb * bq; the spare columns are left unset. The
+        first part is multiplied by ``scale`` on the way (free: it is the same pass).
         """
         parts = [x if x.dim() == 4 else x.unsqueeze(-1) for x in parts]
         widths = [x.shape[-1] for x in parts]
-        out = parts[0].new_empty(self.nb, self.H * self.B, self.bq, sum(widths) + spare)
+        shape = (self.nb, self.H * self.B, self.bq, sum(widths) + spare)
+        out = parts[0].new_empty(shape) if out is None else out
         view = out.view(self.nb, self.H, self.B, self.bq, -1)
         o = 0
         for x, w in zip(parts, widths, strict=True):
@@ -91,19 +99,26 @@ class _Plan:
                 x = F.pad(x, (0, 0, 0, self.nb * self.bq - self.T))
             if self.perm is not None:
                 x = x.index_select(1, self.perm)
-            view[..., o : o + w] = x.reshape(self.B, self.H, self.nb, self.bq, w).permute(
-                2, 1, 0, 3, 4
-            )
+            x = x.reshape(self.B, self.H, self.nb, self.bq, w).permute(2, 1, 0, 3, 4)
+            torch.mul(x, scale if o == 0 else 1.0, out=view[..., o : o + w])
             o += w
         return out
 
-    def untile(self, t: Tensor) -> Tensor:
-        """Inverse of :meth:`pack` for one part: (nb, H*B, bq, d) -> (B, H, T, d)."""
+    def untile(self, t: Tensor, out: Tensor | None = None, scale: float = 1.0) -> Tensor:
+        """Inverse of :meth:`pack` for one part, times ``scale``: (nb, H*B, bq, d) -> (B, H, T, d).
+
+        Written into ``out`` (contiguous (B, H, T, d)) if given, saving a copy.
+        """
         t = t.view(self.nb, self.H, self.B, self.bq, -1)
         if self.inv is not None:
             t = t.index_select(1, self.inv)
-        x = t.permute(2, 1, 0, 3, 4).reshape(self.B, self.H, self.nb * self.bq, -1)
-        return x[:, :, : self.T]
+        t = t.permute(2, 1, 0, 3, 4)  # (B, H, nb, bq, d)
+        out = t.new_empty(self.B, self.H, self.T, t.shape[-1]) if out is None else out
+        n = self.T // self.bq
+        torch.mul(t[:, :, :n], scale, out=out[:, :, : n * self.bq].view(t[:, :, :n].shape))
+        if n * self.bq < self.T:
+            torch.mul(t[:, :, -1, : self.T - n * self.bq], scale, out=out[:, :, n * self.bq :])
+        return out
 
     def keys(self, b: int, diag_last: bool) -> list[tuple[int, int]]:
         """(key block, live rows of the H*B batch) for query block b, skipped tiles left out."""
@@ -136,21 +151,25 @@ class _Plan:
             self._cache[key] = m
         return self._cache[key]
 
-    def add_bias(self, L: Tensor, b: int, c: int, pc: Tensor | None, n: int) -> None:
-        """Add -pc_h f(i - j) and the masks to a tile of raw scores (n, bq, bq), in place."""
+    def add_bias(self, L: Tensor, b: int, c: int, pc, n: int, sub=(_ALL, _ALL)) -> None:
+        """Add -pc_h f(i - j) and the masks to raw scores (n, rows, cols), in place.
+
+        ``sub`` = (rows, cols) slices of the tile when L covers part of it.
+        """
         mask = self._mask(b, c, L.dtype)
+        mask = None if mask is None else mask[sub]
         if pc is None:
             if mask is not None:
                 L.add_(mask)
             return
         h = n // self.B
-        bias = pc[:h, None, None, None] * -self._f(b, c, L.dtype)  # (h, 1, bq, bq)
+        bias = pc[:h, None, None, None] * -self._f(b, c, L.dtype)[sub]  # (h, 1, rows, cols)
         if mask is not None:
             bias = bias + mask
-        L.view(h, self.B, self.bq, self.bq).add_(bias)
+        L.view(h, self.B, *L.shape[1:]).add_(bias)
 
-    def exp_(self, L: Tensor, b: int, c: int) -> Tensor:
-        """exp of a tile of shifted logits, in place, with exact zeros where masked.
+    def exp_(self, L: Tensor, b: int, c: int, sub=(_ALL, _ALL)) -> Tensor:
+        """exp of (part of) a tile of shifted logits, in place, exact zeros where masked.
 
         torch's exp leaves its vectorised path below about -87 (or at -inf) and runs 5-30x
         slower there; masked and position-biased tiles are clamped at -60 first, which
@@ -159,14 +178,26 @@ class _Plan:
         mask = self._mask(b, c, L.dtype)
         P = (L.clamp_min_(_FLOOR) if self.biased or mask is not None else L).exp_()
         if self.spec.causal and b == c:
-            P.tril_()
+            if sub[0] == sub[1]:
+                P.tril_()
         elif mask is not None:
             P[..., self.T - c * self.bq :] = 0.0
         return P
 
-    def f(self, b: int, c: int, dtype: torch.dtype) -> Tensor:
-        """Flattened (bq * bq,) f(i - j) of a tile, for the gradient of pc."""
-        return self._f(b, c, dtype).reshape(-1)
+    def steps(self, b: int) -> list[tuple[int, tuple[slice, slice], int]]:
+        """Backward work for query block b: (key block, (rows, cols), live rows), in order.
+
+        A causal diagonal tile goes as three half-size pieces, bottom-right first (the order
+        twicing needs to complete A^T G row by row); skipping its empty top-right quarter
+        saves an eighth of the diagonal's work. Then the other tiles.
+        """
+        HB, h = self.H * self.B, self.bq // 2
+        if self.spec.causal and self.bq >= 32:
+            lo, hi = slice(0, h), slice(h, self.bq)
+            diag = [(b, (hi, hi), HB), (b, (hi, lo), HB), (b, (lo, lo), HB)]
+        else:
+            diag = [(b, (_ALL, _ALL), HB)]
+        return diag + [(c, (_ALL, _ALL), n) for c, n in self.keys(b, True)[:-1]]
 
 
 def _tiled_forward(plan: _Plan, qa, ka, va, pcs, Dq: int, Dv: int):
@@ -202,158 +233,179 @@ def _tiled_forward(plan: _Plan, qa, ka, va, pcs, Dq: int, Dv: int):
     return out, lse
 
 
+# SDPA's fused CPU kernel, called directly because it also returns the lse the backward needs.
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def _fused_twice_ok(qs: Tensor, v: Tensor, kb, pc, spec: _Spec) -> bool:
-    """Plain causal softmax twicing on CPU: two fused SDPA passes beat the tiled forward."""
-    return (
-        _FLASH_CPU is not None
-        and kb is None
-        and pc is None
-        and spec.causal
-        and qs.device.type == "cpu"
-        and v.shape[-1] == qs.shape[-1]
-    )
-
-
-def _forward_chunk(qs, k, kb, pc, v, spec: _Spec):
-    """Forward of one chunk of (batch, head) rows; returns (B, H, T, Dv) out and saved tiles."""
+def _forward_chunk(qs, k, kb, pc, v, spec: _Spec, dest: Tensor | None):
+    """Forward of one chunk of (batch, head) rows: (B, H, T, Dv) out (in dest if given), saved."""
     B, H, T, D = qs.shape
     Dv, Dq = v.shape[-1], D + (kb is not None)
     plan = _Plan(B, H, T, spec, qs.device, pc is not None)
     pcs = None if pc is None else (pc if plan.perm is None else pc[plan.perm])
-    if spec.twice and _fused_twice_ok(qs, v, kb, pc, spec):
-        o1, lse = _FLASH_CPU(qs, k, v, is_causal=True, scale=1.0)
-        o2, _ = _FLASH_CPU(qs, k, o1, is_causal=True, scale=1.0)  # same logits, same lse
-        qa, ka, va = plan.pack(qs, spare=1), plan.pack(k, spare=1), plan.pack(v, o1, spare=1)
-        out, lse = plan.pack(o1, o2), plan.pack(lse)
+    # Plain causal softmax twicing on CPU: two fused SDPA passes beat the tiled forward.
+    plain = kb is None and pc is None and spec.twice and spec.causal and Dv == D
+    if plain and _FLASH_CPU is not None and qs.device.type == "cpu":
+        o1, lse = _FLASH_CPU(qs, k, v, is_causal=True, scale=spec.qscale)
+        o2, _ = _FLASH_CPU(qs, k, o1, is_causal=True, scale=spec.qscale)  # same logits and lse
+        final = torch.lerp(o2, o1, 2.0, out=dest) if dest is not None else torch.lerp(o2, o1, 2.0)
+        if not spec.save:
+            return final, None
+        qa, ka = plan.pack(qs, spare=1, scale=spec.qscale), plan.pack(k, spare=1)
+        va = plan.pack(v, o1, spare=1)
+        out, lse = plan.pack(o2), plan.pack(lse)
     else:
-        qa = plan.pack(qs, spare=2) if kb is not None else plan.pack(qs, spare=1)
+        qa = plan.pack(qs, spare=1 + (kb is not None), scale=spec.qscale)
         ka = plan.pack(k, kb, spare=1) if kb is not None else plan.pack(k, spare=1)
         va = plan.pack(v, spare=Dv + 1 if spec.twice else 1)
         if kb is not None:
             qa[..., D] = 1.0
         out, lse = _tiled_forward(plan, qa, ka, va, pcs, Dq, Dv)
+        if spec.twice:  # O1 is kept in va; out keeps O2
+            out = out[..., Dv:]
+            final = plan.untile(2 * va[..., Dv : 2 * Dv] - out, dest)
+        else:
+            final = plan.untile(out, dest)
     qa[..., Dq:] = -lse
     ka[..., Dq] = 1.0
     va[..., -1] = 1.0
-    final = 2 * out[..., :Dv] - out[..., Dv:] if spec.twice else out
-    return plan.untile(final), (qa, ka, va, out, pcs, D, Dq, pc is not None)
+    return final, (qa, ka, va, out, pcs, D, Dq, pc is not None)
 
 
-def _backward_chunk(saved, g: Tensor, spec: _Spec, need_dpc: bool):
-    """Backward of one chunk: grads of (qs, k, kb, pc, v); see module docstring."""
+_local = threading.local()
+
+
+def _scratch(name: str, like: Tensor, shape, zero: bool = False) -> Tensor:
+    """A per-thread buffer reused across backward calls; the backward's temporaries never leave.
+
+    Fresh pages cost a page fault each: 8.6K faults (about 10 ms of 250) per twicing step at
+    B=4 H=8 T=1024 D=64 before, 4.6K after. Only the latest shape per name is kept.
+    """
+    bufs = _local.__dict__.setdefault("bufs", {})
+    buf = bufs.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = bufs[name] = like.new_empty(shape)
+    return buf.zero_() if zero else buf
+
+
+def _acc(dst: Tensor, a: Tensor, b: Tensor, first: bool = False) -> None:
+    """dst (+)= a @ b; in place when dst is a whole tile (baddbmm_ on a strided view is slow)."""
+    if first:
+        torch.bmm(a, b, out=dst) if dst.is_contiguous() else dst.copy_(torch.bmm(a, b))
+    elif dst.is_contiguous():
+        dst.baddbmm_(a, b)
+    else:
+        dst.add_(torch.bmm(a, b))
+
+
+def _backward_chunk(saved, g: Tensor, spec: _Spec, need_dpc: bool, dests):
+    """Backward of one chunk: grads of (qs, k, kb, pc, v), written into dests if given."""
     qa, ka, va, out, pcs, D, Dq, biased = saved
     B, H, T, Dv = g.shape
-    nb, _, bq, _ = qa.shape
+    nb, HB, bq, _ = qa.shape
     plan = _Plan(B, H, T, spec, g.device, biased)
-    gt = plan.pack(g)
+    gt = plan.pack(g, out=_scratch("g", g, (nb, HB, bq, Dv)))
     qt, kt = qa[..., :Dq], ka[..., :Dq]
     if spec.twice:
-        o1, o2 = out[..., :Dv], out[..., Dv:]
-        X = torch.zeros_like(gt)  # A^T G, complete for block b once its diagonal is done
+        o1, o2 = va[..., Dv : 2 * Dv], out
+        X = _scratch("X", g, gt.shape, zero=True)  # A^T G; rows of block b done after its diagonal
+        dsrc, gcat = _scratch("dO1", g, gt[0].shape), _scratch("gcat", g, (HB, bq, 2 * Dv + 1))
     else:
         delta = (gt * out).sum(-1, keepdim=True)
-    dq, dk, dv = torch.zeros_like(qt), torch.zeros_like(kt), torch.zeros_like(gt)
+    dq, dk = _scratch("dq", g, qt.shape), _scratch("dk", g, kt.shape, zero=True)
+    dv = _scratch("dv", g, gt.shape, zero=True)
     dpc = g.new_zeros(H, dtype=torch.float64) if need_dpc else None  # sums over many tiles
     for b in reversed(range(nb)) if spec.twice else range(nb):
         gb = gt[b]
         if not spec.twice:
             gcat, dsrc = torch.cat([gb, -delta[b]], -1), gb
-        for c, n in plan.keys(b, diag_last=False):
-            P = torch.bmm(qa[b, :n], ka[c, :n].transpose(1, 2))  # logit - lse
-            plan.add_bias(P, b, c, pcs, n)
-            P = plan.exp_(P, b, c)
+        for c, (rs, cs), n in plan.steps(b):
+            P = torch.bmm(qa[b, :n, rs], ka[c, :n, cs].transpose(1, 2))  # logit - lse
+            plan.add_bias(P, b, c, pcs, n, (rs, cs))
+            P = plan.exp_(P, b, c, (rs, cs))
             Pt = P.transpose(1, 2)
-            if spec.twice and c == b:
-                X[b].baddbmm_(Pt, gb)
-                dsrc = 2 * gb - X[b]  # dO1_b
-                dl = (dsrc * o1[b]).sum(-1, keepdim=True) - (gb * o2[b]).sum(-1, keepdim=True)
-                gcat = torch.cat([dsrc, -gb, -dl], -1)
-            elif spec.twice:
-                X[c, :n].baddbmm_(Pt, gb[:n])
-            dv[c, :n].baddbmm_(Pt, dsrc[:n])
-            dS = torch.bmm(gcat[:n], va[c, :n].transpose(1, 2)).mul_(P)
-            dq[b, :n].baddbmm_(dS, kt[c, :n])
-            dk[c, :n].baddbmm_(dS.transpose(1, 2), qt[b, :n])
+            square = c == b and rs == cs  # a diagonal piece: its rows are new here
+            if spec.twice:
+                _acc(X[c, :n, cs], Pt, gb[:n, rs])
+                if square:  # X rows rs complete: dO1 = 2 G - X, delta, [dO1, -G, -delta]
+                    dsrc[:, rs] = 2 * gb[:, rs] - X[b, :, rs]
+                    dl = (dsrc[:, rs] * o1[b, :, rs] - gb[:, rs] * o2[b, :, rs]).sum(-1)
+                    gcat[:, rs] = torch.cat([dsrc[:, rs], -gb[:, rs], -dl[..., None]], -1)
+            _acc(dv[c, :n, cs], Pt, dsrc[:n, rs])
+            dS = torch.bmm(gcat[:n, rs], va[c, :n, cs].transpose(1, 2)).mul_(P)
+            _acc(dq[b, :n, rs], dS, kt[c, :n, cs], first=square)
+            _acc(dk[c, :n, cs], dS.transpose(1, 2), qt[b, :n, rs])
             if need_dpc:  # d logit / d pc = -f, summed per head over batch and tile
-                h = n // B
-                fs = torch.matmul(dS.view(h, B, bq * bq), plan.f(b, c, dS.dtype))
-                dpc[:h] -= fs.sum(-1, dtype=torch.float64)
-    dkb = plan.untile(dk[..., D:]).squeeze(-1) if Dq > D else None
+                f = plan._f(b, c, dS.dtype)[rs, cs].reshape(-1)
+                fs = torch.matmul(dS.view(n // B, B, -1), f)
+                dpc[: n // B] -= fs.sum(-1, dtype=torch.float64)
     if dpc is not None:
         dpc = (dpc if plan.perm is None else dpc[plan.inv]).to(g.dtype)
-    return plan.untile(dq[..., :D]), plan.untile(dk[..., :D]), dkb, dpc, plan.untile(dv)
+    d_q, d_k, d_kb, d_v = dests
+    dkb = plan.untile(dk[..., D:], d_kb).squeeze(-1) if Dq > D else None
+    dq, dk = plan.untile(dq[..., :D], d_q, spec.qscale), plan.untile(dk[..., :D], d_k)
+    return dq, dk, dkb, dpc, plan.untile(dv, d_v)
 
 
 @functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(
-        workers, "filtertron-attn", initializer=torch.set_num_threads, initargs=(1,)
-    )
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """Worker threads of this process (keyed by pid: a forked child has none of them)."""
+    return ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
 
 
-def _chunks(B: int, H: int, spec: _Spec, device: torch.device) -> list[tuple[slice, list[int]]]:
-    """Split the (batch, head) rows into one independent chunk per CPU thread.
+def _split(B: int, H: int, spec: _Spec, device: torch.device) -> list[tuple[slice, list | None]]:
+    """(batch slice, heads or None for all) per chunk: one independent chunk per CPU thread.
 
-    Each chunk runs single-threaded in its own Python thread (torch ops release the GIL):
-    hundreds of small per-tile ops then pay no OpenMP barrier each, which on a loaded machine
+    Each chunk runs single-threaded in its own Python thread (torch ops release the GIL), so
+    the hundreds of small per-tile ops pay no OpenMP barrier each, which on a loaded machine
     costs a scheduler slice per op. Batches split first; else heads, dealt out by window so
-    the chunks get the same mix of local and global heads.
+    every chunk gets the same mix of local and global heads.
     """
-    n = torch.get_num_threads() * int(__import__("os").environ.get("FT_K", "1")) if device.type == "cpu" else 1
+    n = torch.get_num_threads() if device.type == "cpu" else 1
     if n <= 1 or B * H == 1:
-        return [(slice(None), list(range(H)))]
+        return [(slice(None), None)]
     if B >= n:
-        return [(slice(i * B // n, (i + 1) * B // n), list(range(H))) for i in range(n)]
+        return [(slice(i * B // n, (i + 1) * B // n), None) for i in range(n)]
     w = spec.windows or (0.0,) * H
     order = sorted(range(H), key=lambda h: -w[h])
     return [(slice(None), sorted(order[i::n])) for i in range(min(n, H))]
 
 
-def _map(fn, chunks, args_per_chunk):
-    """fn over chunks, in the thread pool when there is more than one chunk, no autograd."""
-
-    def call(args):
-        with torch.no_grad():
-            return fn(*args)
-
-    if len(chunks) == 1:
-        return [call(args_per_chunk[0])]
-    return list(_pool(min(len(chunks), torch.get_num_threads())).map(call, args_per_chunk))
-
-
-def _gather(x: Tensor | None, rows: tuple[slice, list[int]], H: int) -> Tensor | None:
-    if x is None:
-        return None
-    bs, hs = rows
-    x = x[bs]
-    return x if len(hs) == H else x[:, hs]
+def _take(x, chunk):
+    """The chunk's part of a (B, H, ...) tensor, an (H,) tensor or a per-head tuple."""
+    bs, hs = chunk
+    if x is None or hs is None and isinstance(x, tuple):
+        return x
+    if isinstance(x, tuple):
+        return tuple(x[h] for h in hs)
+    if x.dim() == 1:
+        return x if hs is None else x[hs]
+    return x[bs] if hs is None else x[bs][:, hs]
 
 
-def _scatter(parts: list, chunks, B: int, H: int) -> Tensor | None:
-    """Reassemble (B_c, H_c, ...) chunk results along batch or heads; None stays None."""
+def _join(parts: list, chunks, B: int, H: int):
+    """Inverse of :func:`_take`; per-head (H,) gradients of batch chunks add up."""
     if parts[0] is None or len(parts) == 1:
         return parts[0]
-    if len(chunks[0][1]) == H:
-        return torch.cat(parts, 0)
-    out = parts[0].new_empty(B, H, *parts[0].shape[2:])
+    if chunks[0][1] is None:
+        return torch.cat(parts, 0) if parts[0].dim() > 1 else torch.stack(parts).sum(0)
+    out = parts[0].new_empty((B, H, *parts[0].shape[2:]) if parts[0].dim() > 1 else (H,))
     for (_, hs), part in zip(chunks, parts, strict=True):
-        out[:, hs] = part
+        out[(slice(None), hs) if part.dim() > 1 else hs] = part
     return out
 
 
-def _scatter_heads(parts: list, chunks, H: int) -> Tensor | None:
-    """Reassemble per-head (H_c,) gradients: batch chunks add up, head chunks interleave."""
-    if parts[0] is None or len(parts) == 1:
-        return parts[0]
-    if len(chunks[0][1]) == H:
-        return torch.stack(parts).sum(0)
-    out = parts[0].new_empty(H)
-    for (_, hs), part in zip(chunks, parts, strict=True):
-        out[hs] = part
-    return out
+def _map(fn, args: list) -> list:
+    """fn(*a) for a in args without autograd, in the thread pool if there are several."""
+    inference = torch.is_inference_mode_enabled()  # thread-local: carry the caller's mode over
+
+    def call(a):
+        with torch.inference_mode(inference), torch.no_grad():
+            return fn(*a)
+
+    if len(args) == 1:
+        return [call(args[0])]
+    return list(_pool(min(len(args), torch.get_num_threads()), os.getpid()).map(call, args))
 
 
 class _TiledAttention(torch.autograd.Function):
@@ -365,30 +417,35 @@ class _TiledAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qs, k, kb, pc, v, spec: _Spec):  # noqa: D102
-        B, H = qs.shape[:2]
-        chunks = _chunks(B, H, spec, qs.device)
-        args = []
-        for rows in chunks:
-            w = spec.windows and tuple(spec.windows[h] for h in rows[1])
-            pcc = None if pc is None else pc[rows[1]]
-            ins = (_gather(t, rows, H) for t in (qs, k, kb, v))
-            q_c, k_c, kb_c, v_c = ins
-            args.append((q_c, k_c, kb_c, pcc, v_c, spec._replace(windows=w)))
-        results = _map(_forward_chunk, chunks, args)
-        ctx.chunks, ctx.specs, ctx.saved = chunks, [a[-1] for a in args], [r[1] for r in results]
-        return _scatter([r[0] for r in results], chunks, B, H)
+        B, H, T, D = qs.shape
+        chunks = ctx.chunks = _split(B, H, spec, qs.device)
+        ctx.specs = [spec._replace(windows=_take(spec.windows, c)) for c in chunks]
+        ctx.dims = (D, kb is not None)
+        # Batch chunks write straight into views of the full output; head chunks are joined.
+        out = v.new_empty(B, H, T, v.shape[-1]) if chunks[0][1] is None else None
+        args = [
+            (*(_take(t, c) for t in (qs, k, kb, pc, v)), sp, out if out is None else out[c[0]])
+            for c, sp in zip(chunks, ctx.specs, strict=True)
+        ]
+        outs, ctx.saved = zip(*_map(_forward_chunk, args), strict=True)
+        return out if out is not None else _join(list(outs), chunks, B, H)
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        B, H = g.shape[:2]
-        need_dpc = ctx.needs_input_grad[3]
+        (B, H, T, _), (D, has_kb), chunks = g.shape, ctx.dims, ctx.chunks
+        batch = chunks[0][1] is None  # batch chunks write into views of the full grads
+        shapes = ((B, H, T, D), (B, H, T, D), (B, H, T, 1) if has_kb else None, g.shape)
+        full = [g.new_empty(sh) if batch and sh else None for sh in shapes]
         args = [
-            (saved, _gather(g, rows, H), spec, need_dpc)
-            for rows, saved, spec in zip(ctx.chunks, ctx.saved, ctx.specs, strict=True)
+            (saved, _take(g, c), sp, ctx.needs_input_grad[3], [_take(f, c) for f in full])
+            for c, saved, sp in zip(chunks, ctx.saved, ctx.specs, strict=True)
         ]
-        grads = list(zip(*_map(_backward_chunk, ctx.chunks, args), strict=True))
-        dq, dk, dkb, dv = (_scatter(list(grads[i]), ctx.chunks, B, H) for i in (0, 1, 2, 4))
-        dpc = _scatter_heads(list(grads[3]), ctx.chunks, H)
+        results = list(zip(*_map(_backward_chunk, args), strict=True))
+        dpc = _join(list(results[3]), chunks, B, H)
+        if batch:
+            dkb = None if full[2] is None else full[2].squeeze(-1)
+            return full[0], full[1], dkb, dpc, full[3], None
+        dq, dk, dkb, dv = (_join(list(results[i]), chunks, B, H) for i in (0, 1, 2, 4))
         return dq, dk, dkb, dpc, dv, None
 
 
@@ -402,7 +459,7 @@ def _engine(
     windows = None
     if base == "softmax":
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        qs, kb, pc, fkind = q * scale, None, alibi_slopes, "abs"
+        qs, kb, pc, fkind = q, None, alibi_slopes, "abs"  # the engine applies ``scale``
     else:
         qs, kb = split_content(q, k, h_y, content)
         pc, fkind = 0.5 / h_p.square(), "sq"
@@ -410,7 +467,11 @@ def _engine(
         windows = tuple(w) if skip_far and min(w) < T - 1 else None
     pc = None if pc is None else pc.to(q.dtype)
     block = min(block, max(16, 1 << (T - 1).bit_length()))  # short sequences: one tile
-    spec = _Spec(fkind, causal, twice, block, windows)
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (qs, k, kb, pc, v)
+    )
+    qscale = scale if base == "softmax" else 1.0
+    spec = _Spec(fkind, causal, twice, block, windows, save, qscale)
     return _TiledAttention.apply(qs, k, kb, pc, v, spec).to(dtype)
 
 
@@ -428,6 +489,14 @@ def softmax(
     """Softmax attention: fused SDPA; with ALiBi the tiled engine (exact bias, no T x T mask).
 
     ALiBi with dropout goes through SDPA with a float bias mask (the engine has no dropout).
+
+    Args:
+        q, k: (B, H, T, D) queries and keys; v: (B, H, T, Dv) values.
+        causal: mask j > i.
+        scale: logit scale, default 1/sqrt(D).
+        alibi_slopes: (H,) ALiBi slopes, or None.
+        dropout_p: attention dropout probability.
+        block: engine tile size.
 
     Returns:
         (B, H, T, Dv).
@@ -467,12 +536,10 @@ def bilateral(
     every query of the tile. A skipped key's weight relative to the diagonal key is below
     exp(dC - 30), dC = C(q_i, k_j) - C(q_i, k_i), so the output moves by at most
     2 T exp(max dC - 30) max|v|: 1.5e-8 for T = 4096 and content spreads dC <= 3 (fp32
-    resolution is 6e-8); tests see ~1e-16 (float64) since real spreads are far smaller.
+    resolution is 6e-8); the window test sees under 1e-12 relative in float64.
 
     Args:
-        q: (B, H, T, D) queries.
-        k: (B, H, T, D) keys.
-        v: (B, H, T, Dv) values.
+        q, k: (B, H, T, D) queries and keys; v: (B, H, T, Dv) values.
         h_y: (H,) content bandwidths, None for the default init.
         h_p: (H,) spatial bandwidths.
         content: "dot" or "gaussian".
@@ -514,6 +581,16 @@ def twicing(
     CPU: forward as two fused SDPA passes, backward on tiles). Two-sided: O1 must be complete
     before O2 starts, so two single passes through autograd; so is plain softmax on CUDA,
     where flash attention beats the engine.
+
+    Args:
+        q, k: (B, H, T, D) queries and keys; v: (B, H, T, Dv) values.
+        base: "softmax" (with ``scale``, ``alibi_slopes``) or "bilateral" (with ``h_y``,
+            ``h_p``, ``content``, ``skip_far``), as in :func:`softmax` and :func:`bilateral`.
+        causal: mask j > i.
+        block: engine tile size.
+
+    Returns:
+        (B, H, T, Dv).
     """
     plain = base == "softmax" and alibi_slopes is None
     if causal and not (plain and q.device.type == "cuda"):

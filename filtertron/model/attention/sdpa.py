@@ -39,6 +39,7 @@ from filtertron.model.attention.reference import split_content
 
 BLOCK = 128
 WINDOW = math.sqrt(60.0)  # in units of h_p: the spatial weight beyond it is below e^-30
+ALIBI_WINDOW = 30.0  # in units of 1 / m_h: the ALiBi weight beyond it is below e^-30
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _FLOOR = -60.0  # shifted logits are clamped here before exp, see _Plan.exp_
 _ALL = slice(None)
@@ -460,6 +461,11 @@ def _engine(
     if base == "softmax":
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
         qs, kb, pc, fkind = q, None, alibi_slopes, "abs"  # the engine applies ``scale``
+        if alibi_slopes is not None:
+            # ALiBi's weight exp(-m d) is below e^-30 once d > 30 / m: the same tolerance as
+            # the bilateral window, so local ALiBi heads cost O(T / m) per row, not O(T).
+            w = (ALIBI_WINDOW / alibi_slopes.detach().double().clamp_min(1e-12)).tolist()
+            windows = tuple(w) if skip_far and min(w) < T - 1 else None
     else:
         qs, kb = split_content(q, k, h_y, content)
         pc, fkind = 0.5 / h_p.square(), "sq"
@@ -484,9 +490,14 @@ def softmax(
     alibi_slopes: Tensor | None = None,
     dropout_p: float = 0.0,
     *,
+    skip_far: bool = True,
     block: int = BLOCK,
 ) -> Tensor:
     """Softmax attention: fused SDPA; with ALiBi the tiled engine (exact bias, no T x T mask).
+
+    With ALiBi and ``skip_far`` a head skips key tiles more than 30 / m_h behind the query
+    block, where its bias is below -30 (weight < e^-30 relative to the diagonal, the same
+    tolerance as the bilateral window, see :func:`bilateral`).
 
     ALiBi with dropout goes through SDPA with a float bias mask (the engine has no dropout).
 
@@ -496,6 +507,7 @@ def softmax(
         scale: logit scale, default 1/sqrt(D).
         alibi_slopes: (H,) ALiBi slopes, or None.
         dropout_p: attention dropout probability.
+        skip_far: with ALiBi, skip key tiles beyond 30 / m_h tokens.
         block: engine tile size.
 
     Returns:
@@ -513,7 +525,7 @@ def softmax(
             bias = bias.masked_fill(d < 0, float("-inf"))
         return F.scaled_dot_product_attention(q, k, v, bias, dropout_p, scale=scale)
     return _engine(
-        q, k, v, "softmax", False, causal, None, None, "dot", scale, alibi_slopes, False, block
+        q, k, v, "softmax", False, causal, None, None, "dot", scale, alibi_slopes, skip_far, block
     )
 
 

@@ -4,6 +4,7 @@
 # interface the other nodes cannot reach.
 #   MASTER_ADDR=10.0.0.1 launch/mpirun.sh -np 16 --hostfile hosts.mpi configs/gpt2-small/baseline.yaml
 #   MASTER_ADDR=127.0.0.1 launch/mpirun.sh -np 2 configs/tiny.yaml --set train.steps=20   # one machine
+# The python that runs is $PYTHON, else `python` on PATH (activate the venv first).
 set -euo pipefail
 : "${MASTER_ADDR:?set MASTER_ADDR to the address of rank 0, reachable from every node}"
 MASTER_PORT=${MASTER_PORT:-29500}
@@ -15,4 +16,4 @@ ROOT_FLAG=()
 [[ "$(id -u)" == 0 ]] && ROOT_FLAG=(--allow-run-as-root)
 exec mpirun "${ROOT_FLAG[@]}" "${MPI_ARGS[@]}" -x MASTER_ADDR="$MASTER_ADDR" -x MASTER_PORT="$MASTER_PORT" \
   -x PATH -x PYTHONPATH --bind-to none \
-  python "$(dirname "$0")/train.py" --config "$CONFIG" "$@"
+  "${PYTHON:-python}" "$(dirname "$0")/train.py" --config "$CONFIG" "$@"

@@ -144,7 +144,6 @@ class Trainer:
             config=ds_cfg,
             **extra,
         )
-        self._skip_update = False
         self._skipped = False
         self._grad_norm: float | None = None
         self._wrap_optimizer_step()
@@ -183,16 +182,15 @@ class Trainer:
         self.model.checkpoint_every = 1 if ac == "every" else int(ac)
 
     def _wrap_optimizer_step(self) -> None:
-        # A step with a non-finite loss must not move the weights. Every DeepSpeed optimizer
-        # wrapper (plain, bf16, ZeRO 1/2/3, offload) ends by calling the basic optimizer's
-        # step and copying its fp32 state back; skipping that call skips the update.
+        # A step with a non-finite gradient (which a non-finite loss always gives) must not
+        # move the weights. Every DeepSpeed optimizer wrapper (plain, bf16, ZeRO 1/2/3,
+        # offload, pipeline) ends by calling the basic optimizer's step and copying its fp32
+        # state back; skipping that call skips the update. One check serves every layout.
         opt = self.engine.basic_optimizer
         inner = opt.step
 
         def step(*args, **kwargs):
-            # Also skip when a gradient is not finite although the loss was (and under
-            # pipeline parallelism, where the loss is known only after the step).
-            if self._skip_update or not self._grads_finite(opt):
+            if not self._grads_finite(opt):
                 self._skipped = True
                 return None
             return inner(*args, **kwargs)
@@ -308,11 +306,6 @@ class Trainer:
         dist.all_reduce(v)
         return float(v) / self.dist.world_size
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        flag = torch.tensor([1.0 if torch.isfinite(loss).all() else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item() == 1.0)
-
     @torch.no_grad()
     def validate(self) -> float:
         from filtertron.data import batch_iterator
@@ -347,20 +340,18 @@ class Trainer:
         self._skipped = False
         if self.cfg.parallel.pp > 1:
             loss = float(self.engine.train_batch(data_iter=it))
-            return loss, math.isfinite(loss) and not self._skipped
-        losses, ok = [], True
-        for _ in range(self.cfg.train.grad_accum):
-            batch = next(it)
-            loss = self.engine(batch[:, :-1], batch[:, 1:])
-            ok = self._all_finite(loss) and ok
-            self.engine.backward(loss)
-            losses.append(loss.detach().float())
-            # DeepSpeed wants step() after every micro-batch; it updates at the boundary,
-            # i.e. the last call here, by which time every micro-batch's loss is known.
-            self._skip_update = not ok
-            self.engine.step()
-        self._skip_update = False
-        return self._all_mean(torch.stack(losses).mean()), ok and not self._skipped
+        else:
+            losses = []
+            for _ in range(self.cfg.train.grad_accum):
+                batch = next(it)
+                micro = self.engine(batch[:, :-1], batch[:, 1:])
+                self.engine.backward(micro)
+                losses.append(micro.detach().float())
+                # DeepSpeed wants step() after every micro-batch; it updates at the boundary.
+                self.engine.step()
+            loss = self._all_mean(torch.stack(losses).mean())
+        # ZeRO 1/2 skip an invalid gradient norm themselves, before our wrapper runs.
+        return loss, math.isfinite(loss) and not self._skipped
 
     def _log(self, metrics: dict[str, Any]) -> None:
         if not self.dist.is_main:

@@ -18,8 +18,9 @@ tiles go as three half-size pieces in the backward. Bilateral heads skip key til
 than sqrt(60) h_p from the query block (weight < e^-30, SPEC's fast bilateral approximation,
 see :func:`bilateral`); heads are sorted by window so a tile's live heads are a prefix. On CPU
 the (batch, head) rows are split over the threads, one single-threaded chunk per Python thread
-(see :func:`_split`). About 600 lines: the engine is one unit (it could move to
-filtertron/kernels/). Shapes: q, k (B, H, T, D), v (B, H, T, Dv); h_y, h_p, alibi_slopes (H,).
+(see :func:`_split`). Over 600 lines because the tiled engine (plan, forward, backward, thread
+split) is one unit that only makes sense read together; it could move to
+filtertron/kernels/. Shapes: q, k (B, H, T, D), v (B, H, T, Dv); h_y, h_p, alibi_slopes (H,).
 """
 
 from __future__ import annotations

@@ -248,9 +248,17 @@ def test_reference_gaussian_is_the_literal_distance():
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize(
-    "T, hi", [(97, (97, 97, 97)), (300, (128, 256, 300)), (700, (5, 130, 700))]
+    "T, n_keys, hi",
+    [
+        (97, 97, (97, 97, 97)),
+        (128, 97, (97, 97, 97)),  # CPU pads 97 to 128; keys past 97 are masked
+        (300, 300, (128, 256, 300)),
+        (384, 300, (128, 256, 300)),
+        (700, 700, (5, 130, 700)),
+        (768, 700, (5, 130, 700)),
+    ],
 )
-def test_flex_block_mask_equals_create_block_mask(T, hi, causal):
+def test_flex_block_mask_equals_create_block_mask(T, n_keys, hi, causal):
     """flex builds its banded BlockMask from block bounds; torch's dense build must agree."""
     from torch.nn.attention import flex_attention as fa
 
@@ -258,8 +266,9 @@ def test_flex_block_mask_equals_create_block_mask(T, hi, causal):
 
     hi_t = torch.tensor(hi, dtype=torch.int32)
     lo_t = torch.zeros_like(hi_t) if causal else -hi_t
-    ref = fa.create_block_mask(mods.band(lo_t, hi_t), None, H, T, T, device="cpu")
-    mine = flex._block_mask(T, "cpu", causal, hi)
+    n = torch.tensor(n_keys, dtype=torch.int32)
+    ref = fa.create_block_mask(mods.band(lo_t, hi_t, n), None, H, T, T, device="cpu")
+    mine = flex._block_mask(T, n_keys, "cpu", causal, hi)
     for a, b in zip(mine.as_tuple()[2:10], ref.as_tuple()[2:10], strict=True):
         assert torch.equal(a, b)
 

@@ -19,6 +19,15 @@ private guard to check the eager backward; that runs materialised and is never u
 Compiled shapes are static (a dynamic T fails to build on CPU in torch 2.13): each new
 (B, H, T, D, dtype) compiles once, and past torch._dynamo.config.recompile_limit (8) shapes in
 one process dynamo warns and runs flex eagerly, materialised.
+
+Ragged T on CPU: torch 2.13's compiled CPU kernel (inductor's C++ flex template) reads
+uninitialised memory when T is not a multiple of its 128 block, returning wrong values or NaN
+from one call or machine to the next (``tools/flex_ragged_repro.py`` shows it with torch
+alone). On CPU q, k, v (and the per-key bias) are therefore zero-padded to the next multiple
+of 128; the mask keeps keys j < T only and the padded query rows are sliced off. That is
+exact: a padded key has weight 0 for every real query, and a dropped row's zero gradient adds
+nothing to the backward. On CUDA the Triton kernel masks the ragged block itself and nothing
+is padded. A side effect: every T in one 128-bucket shares one compiled graph.
 Shapes: q, k (B, H, T, D), v (B, H, T, Dv); h_y, h_p, alibi_slopes (H,); out (B, H, T, Dv).
 """
 
@@ -28,6 +37,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import flex_attention as _fa
 
@@ -46,29 +56,41 @@ def _compiled():
     return torch.compile(_fa.flex_attention, dynamic=False)
 
 
-@functools.lru_cache(maxsize=64)
-def _block_mask(T: int, device: str, causal: bool, hi: tuple[int, ...]) -> _fa.BlockMask:
-    """Banded block mask lo_h <= i - j <= hi_h with lo = 0 (causal) or -hi; cached.
+def padded_length(T: int, device: torch.device) -> int:
+    """The length flex runs at: T on CUDA, T rounded up to the 128 block on CPU (see above)."""
+    return T if device.type != "cpu" else _BLOCK * math.ceil(T / _BLOCK)
 
-    Built from the band's block bounds: create_block_mask evaluates the mask on all H T^2
-    pairs (over 17 GB of index tensors at T = 16K), this is O(H (T / 128)^2).
+
+@functools.lru_cache(maxsize=64)
+def _block_mask(
+    T: int, n_keys: int, device: str, causal: bool, hi: tuple[int, ...]
+) -> _fa.BlockMask:
+    """Banded block mask lo_h <= i - j <= hi_h, j < n_keys, with lo = 0 (causal) or -hi; cached.
+
+    T is the (possibly padded) length the kernel runs at, n_keys <= T the real keys. Built
+    from the band's block bounds: create_block_mask evaluates the mask on all H T^2 pairs
+    (over 17 GB of index tensors at T = 16K), this is O(H (T / 128)^2).
     """
     hi_t = torch.tensor(hi, device=device, dtype=torch.int32)
     lo_t = torch.zeros_like(hi_t) if causal else -hi_t
     start = torch.arange(0, T, _BLOCK, device=device, dtype=torch.int32)
-    end = (start + _BLOCK - 1).clamp_max(T - 1)  # last real position of each block
+    end = (start + _BLOCK - 1).clamp_max(T - 1)  # last position of each block
     d_min, d_max = start[:, None] - end[None, :], end[:, None] - start[None, :]  # (nQ, nK)
     lo, up = lo_t[:, None, None], hi_t[:, None, None]  # (H, 1, 1)
-    whole = end - start == _BLOCK - 1  # a block with padding is never "full"
-    full = (d_min >= lo) & (d_max <= up) & whole[:, None] & whole[None, :]
+    # A block cut short by T, or a key block holding padded keys (j >= n_keys), is never
+    # "full": its mask must be evaluated.
+    whole_q = end - start == _BLOCK - 1
+    whole_k = whole_q & (end < n_keys)
+    full = (d_min >= lo) & (d_max <= up) & whole_q[:, None] & whole_k[None, :]
     partial = (d_max >= lo) & (d_min <= up) & ~full
     (kv_num, kv_idx), (full_num, full_idx) = (
         _fa._dense_to_ordered(m[None])
         for m in (partial, full)  # (1, H, nQ[, nK])
     )
     # Always per head: one block-mask shape for all kernels means one compiled graph.
+    n = torch.tensor(n_keys, device=device, dtype=torch.int32)  # a graph input, not a constant
     return _fa.BlockMask.from_kv_blocks(
-        kv_num, kv_idx, full_num, full_idx, _BLOCK, mods.band(lo_t, hi_t), seq_lengths=(T, T)
+        kv_num, kv_idx, full_num, full_idx, _BLOCK, mods.band(lo_t, hi_t, n), seq_lengths=(T, T)
     )
 
 
@@ -103,8 +125,9 @@ def _check(q: Tensor, needs_grad: bool, dropout_p: float) -> None:
             ) from err
 
 
-def _run(qs, k, v, kb, r, ab, scale, causal, bands, needs_grad) -> Tensor:
-    """One FlexAttention pass; compiled unless CPU backward is needed (tests only)."""
+def _run(qs, k, v, kb, r, ab, scale, causal, bands, needs_grad, n_keys) -> Tensor:
+    """One FlexAttention pass over the first ``n_keys`` keys; compiled unless CPU backward is
+    needed (tests only). Inputs may be padded past ``n_keys`` (CPU, see module docstring)."""
     B, H, T, _ = qs.shape
     # Real zeros, not expanded views: inductor's CPU kernel rejects stride-0 captured buffers.
     kb = qs.new_zeros(B, H, T) if kb is None else kb
@@ -112,7 +135,7 @@ def _run(qs, k, v, kb, r, ab, scale, causal, bands, needs_grad) -> Tensor:
     ab = qs.new_zeros(H) if ab is None else ab.to(qs.dtype)
     if not needs_grad:  # torch rejects CPU inputs that merely require grad, even in no_grad
         qs, k, v, kb, r, ab = (t.detach() for t in (qs, k, v, kb, r, ab))
-    mask = _block_mask(T, str(qs.device), causal, bands)
+    mask = _block_mask(T, n_keys, str(qs.device), causal, bands)
     eager = needs_grad and qs.device.type == "cpu"
     fn = _fa.flex_attention if eager else _compiled()
     return fn(qs, k, v, score_mod=mods.positional_score(kb, r, ab), block_mask=mask, scale=scale)
@@ -137,10 +160,16 @@ def _attend(
     qs, k, kb, r, ab, scale, bands = _kernel(
         q, k, base, h_y, h_p, content, scale, alibi_slopes, skip_far
     )
-    o1 = _run(qs, k, v, kb, r, ab, scale, causal, bands, needs_grad)
-    if not twice:
-        return o1
-    return 2 * o1 - _run(qs, k, o1, kb, r, ab, scale, causal, bands, needs_grad)
+    T = q.shape[-2]
+    pad = padded_length(T, q.device) - T
+    if pad:  # CPU ragged T: see module docstring
+        qs, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (qs, k, v))
+        kb = None if kb is None else F.pad(kb, (0, pad))
+    kernel = (kb, r, ab, scale, causal, bands, needs_grad, T)
+    out = o1 = _run(qs, k, v, *kernel)
+    if twice:
+        out = 2 * o1 - _run(qs, k, o1, *kernel)
+    return out[..., :T, :] if pad else out
 
 
 def softmax(

@@ -9,8 +9,9 @@ graph per device and dtype instead of one per kernel (each CPU compile costs 10-
 
 (r d)^2 rather than r^2 d^2 keeps the product small in 16-bit scores, and i - j is cast to
 the score dtype before squaring (int32 d^2 overflows past T = 46341).
-    mask_mod:   lo[h] <= i - j <= hi[h]
+    mask_mod:   lo[h] <= i - j <= hi[h]  and  j < n
         causal: lo = 0;  two-sided: lo = -hi;  hi = T, or a bilateral head's window sqrt(60) h_p
+        n: the real keys (inputs padded past n on CPU, see flex.py)
 
 All captured tensors stay graph inputs (not constants), so new values never recompile and
 gradients reach them (kb -> k and h_y, sq -> h_p) where FlexAttention has a backward.
@@ -36,11 +37,11 @@ def positional_score(kb: Tensor, r: Tensor, ab: Tensor) -> ScoreMod:
     return score_mod
 
 
-def band(lo: Tensor, hi: Tensor) -> MaskMod:
-    """Keep lo[h] <= i - j <= hi[h]; lo and hi are (H,) integer tensors."""
+def band(lo: Tensor, hi: Tensor, n: Tensor) -> MaskMod:
+    """Keep lo[h] <= i - j <= hi[h] and j < n; lo, hi (H,) and n () integer tensors."""
 
     def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         d = q_idx - kv_idx
-        return (d >= lo[h]) & (d <= hi[h])
+        return (d >= lo[h]) & (d <= hi[h]) & (kv_idx < n)
 
     return mask_mod

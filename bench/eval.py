@@ -72,7 +72,7 @@ def main() -> int:
 
     from filtertron.config import load_config
     from filtertron.eval import long_context as lc
-    from filtertron.eval.cli import TOKENS_PER_BATCH
+    from filtertron.eval.evaluate import TOKENS_PER_BATCH
     from filtertron.eval.perplexity import score, sliding_windows
     from filtertron.model import build_model
 

@@ -26,8 +26,10 @@ import torch
 from filtertron.config import load_config
 from filtertron.data import batch_iterator
 from filtertron.model import build_model
-from filtertron.train.flops import flops_per_token, measured_peak_flops
-from filtertron.train.trainer import Trainer, param_groups
+from filtertron.train.flops import flops_per_token
+from filtertron.train.mfu import measured_peak_flops
+from filtertron.train.parallelize import param_groups
+from filtertron.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -113,7 +113,8 @@ def with_impl(model: nn.Module, impl: str) -> nn.Module:
     """The same model (same weights) with another attention implementation.
 
     Returns ``model`` itself when it already uses ``impl``; otherwise builds a new model from
-    the config with ``attention.impl`` replaced and loads the state dict.
+    the config with ``attention.impl`` replaced, on ``model``'s device, and loads the state
+    dict.
     """
     from filtertron.model import build_model
 
@@ -121,6 +122,6 @@ def with_impl(model: nn.Module, impl: str) -> nn.Module:
     if cfg.attention.impl == impl:
         return model
     new_cfg = dataclasses.replace(cfg, attention=dataclasses.replace(cfg.attention, impl=impl))
-    new = build_model(new_cfg)
+    new = build_model(new_cfg).to(next(model.parameters()).device)
     new.load_state_dict(model.state_dict())
     return new.eval()

@@ -221,14 +221,11 @@ def batches(stream: np.ndarray, windows: list[Window], batch_size: int) -> Itera
 
 
 def all_reduce_sums(values: list[float]) -> list[float]:
-    """Sum float64 values over the default process group (identity without one)."""
-    import torch.distributed as dist
+    """Sum float64 values over the default process group (identity without one); the tensor
+    goes to the backend's device (CUDA under NCCL), see :mod:`filtertron.parallel.collectives`."""
+    from filtertron.parallel import collectives
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
+    return collectives.all_reduce_floats(values, "sum")
 
 
 @torch.no_grad()
@@ -261,7 +258,10 @@ def score(model: nn.Module, stream: np.ndarray, windows: list[Window], batch_siz
                disable=not progress or rank != 0)
     nll, count = 0.0, 0
     model.eval()
+    device = next(model.parameters()).device
     for batch in batches(stream, mine, batch_size):
+        batch = Batch(batch.inputs.to(device), batch.targets.to(device), batch.starts,
+                      batch.score_from)
         sums = scorer(model, batch) if needs_grad else _no_grad_score(scorer, model, batch)
         nll += float(sums.sum())
         n = batch.inputs.shape[0] * (batch.inputs.shape[1] - batch.score_from)

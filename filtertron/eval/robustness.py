@@ -77,14 +77,14 @@ def contaminate(inputs: torch.Tensor, starts: np.ndarray, rate: float, mode: str
         raise ValueError(f"contamination mode: expected one of {CONTAMINATION_MODES}, "
                          f"got {mode!r}")
     pos = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(inputs.shape[1])  # (B, T)
-    hit = torch.from_numpy(contamination_mask(pos, rate, seed))
+    hit = torch.from_numpy(contamination_mask(pos, rate, seed)).to(inputs.device)
     if mode == "fixed":
         repl = torch.full_like(inputs, token)
     else:
         if not vocab_size:
             raise ValueError("random contamination needs vocab_size")
         repl = torch.from_numpy((position_hash(pos, seed, 1) % np.uint64(vocab_size))
-                                .astype(np.int64)).to(inputs.dtype)
+                                .astype(np.int64)).to(inputs.device, inputs.dtype)
     return torch.where(hit, repl, inputs)
 
 

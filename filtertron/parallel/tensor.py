@@ -50,7 +50,7 @@ from torch import nn
 from filtertron.config import ModelConfig
 from filtertron.model.gpt import GPT
 from filtertron.model.position import LearnedPosition, SinusoidalPosition
-from filtertron.parallel import megatron_cpu
+from filtertron.parallel import collectives, megatron_cpu
 
 # module-name pattern -> style; applied in module order (wte before the lm_head tied to it).
 PLAN: dict[str, str] = {
@@ -323,9 +323,7 @@ def _heads(core: nn.Module, ctx: _Ctx) -> nn.Module:
 
 def _sum_grad_over_tp(group: dist.ProcessGroup):
     def hook(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad, group=group)
-        return grad
+        return collectives.all_reduce(grad, group=group)
 
     return hook
 
@@ -350,8 +348,6 @@ def apply_tensor_parallel(model: GPT, cfg: ModelConfig, sequence_parallel: bool 
     size = ps.get_tensor_model_parallel_world_size()
     if size == 1:
         return model
-    if cfg.n_heads % size:
-        raise ValueError(f"tp={size} must divide n_heads={cfg.n_heads}")
     ctx = _Ctx(ps.get_tensor_model_parallel_rank(), size, ps.get_tensor_model_parallel_group(),
                sequence_parallel, padded_vocab(cfg.vocab_size, size))
     builders = {"column": _column, "row": _row, "vocab_embedding": _vocab_embedding,
@@ -381,9 +377,7 @@ def apply_tensor_parallel(model: GPT, cfg: ModelConfig, sequence_parallel: bool 
 
 def gather_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """All-gather vocab-sharded logits (B, T, Vp/n) into (B, T, V) (no gradient)."""
-    group = ps.get_tensor_model_parallel_group()
-    parts = [torch.empty_like(logits) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, logits.contiguous(), group=group)
+    parts = collectives.all_gather(logits, group=ps.get_tensor_model_parallel_group())
     return torch.cat(parts, dim=-1)[..., :vocab_size]
 
 
@@ -397,8 +391,6 @@ def full_state_dict(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Tenso
             continue
         t = t.detach()
         if name in spec and size > 1:
-            parts = [torch.empty_like(t) for _ in range(size)]
-            dist.all_gather(parts, t.contiguous(), group=group)
-            t = merge_tensors(parts, spec[name], cfg.vocab_size)
+            t = merge_tensors(collectives.all_gather(t, group), spec[name], cfg.vocab_size)
         out[name] = t.clone()
     return out

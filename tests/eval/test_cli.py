@@ -31,14 +31,17 @@ def _eval(*args):
     return main(["eval", *map(str, args), "--no-progress"])
 
 
-def test_eval_end_to_end(dataset, runs, tmp_path):
+def test_eval_end_to_end(dataset, runs, tmp_path, capsys):
     out = tmp_path / "out"
     assert _eval(*runs, "--data", dataset, "--lengths", "1x,4x", "--stride", "8",
                  "--max-tokens", 1500, "--contamination", "0.1,0.3", "--attack", "fgsm",
                  "--epsilon", "0.02", "--diagnostics", "--out", out) == 0
     assert {p.name for p in out.iterdir()} == {
         "results.json", "results.csv", "summary.md", "ppl_vs_length.png",
-        "ppl_vs_contamination.png", "token_similarity.png"}
+        "ppl_vs_contamination.png", "token_similarity.png", "logs"}
+    # quiet: the attention implementation chosen (an INFO line) is in the log, not on stderr
+    assert "attention impl=" in (out / "logs" / "rank0.log").read_text()
+    assert "attention impl=" not in capsys.readouterr().err
     rows = json.loads((out / "results.json").read_text())
     span = load_span(dataset, "test", max_tokens=1500)
     for run, step in zip(runs, (3, 5), strict=True):
@@ -68,7 +71,7 @@ def test_eval_end_to_end(dataset, runs, tmp_path):
 
 
 def test_diagnostics_rows_equal_diagnose(dataset, runs, tmp_path):
-    from filtertron.eval.diagnostics import diagnose
+    from filtertron.model.diagnostics import diagnose
 
     assert _eval(runs[0], "--data", dataset, "--diagnostics", "--diagnostics-windows", 2,
                  "--impl", "reference", "--name", "b", "--out", tmp_path) == 0

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from filtertron.eval.cli import EvalOptions, evaluate_model
+from filtertron.eval.evaluate import EvalOptions, evaluate_model
 from filtertron.eval.long_context import (
     UnsupportedLengthError,
     check_length,

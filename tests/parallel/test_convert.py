@@ -108,7 +108,7 @@ def test_consolidated_model_pt_is_the_single_device_model(tp2_run, pp2_run, conv
 @pytest.mark.distributed
 def test_round_trip_through_tp2_files_is_exact(pp2_run, tmp_path):
     # consolidate -> shard for tp=2, pp=2 -> consolidate again gives the same tensors
-    from filtertron.parallel.convert import consolidate, target_config
+    from filtertron.checkpoint.shards import consolidate, target_config
 
     cfg, _, src = pp2_run
     full = consolidate(src, cfg)

@@ -34,10 +34,15 @@ def test_world_size_must_be_tp_x_pp_x_dp():
     assert state.validate(tiny_config(), 3) == 3
 
 
-def test_sequence_parallel_needs_seq_len_divisible_by_tp():
-    cfg = tiny_config("model.seq_len=15", "model.position=rotary", tp=2, sequence_parallel=True)
-    with pytest.raises(ConfigError, match=r"seq_len=15"):
-        state.validate(cfg, 2)
+def test_sequence_parallel_needs_seq_len_divisible_by_tp_at_load():
+    with pytest.raises(ConfigError, match=r"parallel.sequence_parallel.*seq_len=15"):
+        tiny_config("model.seq_len=15", "model.position=rotary", tp=2, sequence_parallel=True)
+
+
+def test_bf16_pipeline_needs_zero_1_at_load():
+    with pytest.raises(ConfigError, match=r"parallel.zero_stage=0.*bf16.*ZeRO-1"):
+        tiny_config("train.precision=bf16", pp=2, zero_stage=0)
+    tiny_config("train.precision=bf16", pp=2, zero_stage=1)
 
 
 @pytest.mark.parametrize("tp,pp,dp", [(2, 2, 2), (2, 1, 3), (1, 2, 2), (4, 1, 1)])

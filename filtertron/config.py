@@ -410,6 +410,12 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             _fail(name, value, "expected an integer")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "989e12" (no dot, no sign) as a string; accept what float() reads
+            try:
+                value = float(value)
+            except ValueError:
+                _fail(name, value, "expected a number")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(name, value, "expected a number")
         if not math.isfinite(value):

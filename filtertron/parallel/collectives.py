@@ -6,7 +6,7 @@ error on a GPU cluster. Each function here moves its input to the backend's devi
 (:func:`device_for`: the current CUDA device for NCCL, the CPU for gloo), runs the collective
 there and returns the result on the input's own device; a tensor already on the right device
 is not copied (beyond the clone that keeps the caller's tensor unchanged). Without an
-initialised process group, or with one process, each function is the identity.
+initialised process group each function is the identity.
 
 Nothing else in the package calls a ``torch.distributed`` collective
 (tests/parallel/test_collectives.py fails if something does); megatron-core and DeepSpeed call
@@ -27,8 +27,9 @@ _DEVICE_BACKENDS = {"nccl": "cuda", "xccl": "xpu", "hccl": "hpu"}
 
 
 def active(group: Any = None) -> bool:
-    """True when a process group is initialised and has more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+    """True when a process group is initialised (also with one process: a world of one runs
+    the real collective, so a single-GPU run exercises the NCCL path)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def device_for(group: Any = None) -> torch.device:

@@ -65,7 +65,8 @@ def test_truncated_bin_in_a_rank_is_one_line(dataset, tmp_path):
     assert proc.returncode == 2
     lines = [x for x in (proc.stdout + proc.stderr).splitlines() if x.strip()]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("filtertron train: data error: ") and "train.bin: truncated" in lines[0]
+    assert lines[0].startswith("filtertron train: data error: ")
+    assert "train.bin: truncated" in lines[0]
     assert "Traceback" in (tmp_path / "run" / "logs" / "rank0.log").read_text()
     assert shm_names(port) == []
 

@@ -15,6 +15,8 @@ version, so an upgrade shows here, not as a silently wrong gradient norm.
   the whole model) alive after building the local layers.
 - :data:`PIPELINE_CONFIG`: pipeline activation partitioning handles a single tensor without
   another one requiring grad; GRC's y0 and sequence-parallel shards break it.
+- :func:`compiled_stages_keep_their_graph`: the pipeline backward retains the graph between
+  a stage's outputs, which compiled graphs with donated buffers refuse.
 - :func:`unlink_shm_buffer` / :func:`remove_shm_buffers`: the CPU shared-memory all-reduce
   creates ``/dev/shm/deepspeed_allreduce_buffer_*`` files (about 66 MB each) and never
   unlinks them, so every multi-process CPU run leaves them behind.
@@ -48,6 +50,8 @@ RELIES_ON: tuple[tuple[str, str], ...] = (
     ("deepspeed.runtime.pipe.topology", "PipeModelDataParallelTopology"),
     ("deepspeed.comm.torch", "TorchBackend"),
     ("deepspeed.utils.logging", "logger"),
+    ("deepspeed.runtime.pipe.engine", "PipelineEngine._exec_backward_pass"),
+    ("torch._functorch.config", "donated_buffer"),
 )
 SHM_PREFIX = "deepspeed_allreduce_buffer"
 SHM_DIR = Path("/dev/shm")
@@ -141,6 +145,20 @@ def release_layer_specs(pipe: nn.Module) -> None:
     """
     for spec in pipe._layer_specs:
         spec.module_args = ()
+
+
+def compiled_stages_keep_their_graph() -> None:
+    """Let compiled pipeline stages run DeepSpeed's backward.
+
+    DeepSpeed behaviour: ``PipelineEngine._exec_backward_pass`` calls ``backward`` once per
+    floating-point output of a stage (ours pass (x, y0)) with ``retain_graph=True`` for all
+    but the last, which compiled graphs with donated buffers refuse ("requires
+    create_graph=False and retain_graph=False"). Donated buffers (a memory optimisation of
+    torch.compile's backward) are switched off for this process.
+    """
+    import torch._functorch.config
+
+    torch._functorch.config.donated_buffer = False
 
 
 # DeepSpeed behaviour: pipeline activation partitioning across TP ranks ("pipe_partitioned")

@@ -63,8 +63,10 @@ def _checkpoint_activations(model: GPT, every: int) -> None:
 
 
 def _compile_stages(pipe: Any) -> None:
+    from filtertron.parallel.deepspeed_workarounds import compiled_stages_keep_their_graph
     from filtertron.parallel.pipeline import BlockPipe
 
+    compiled_stages_keep_their_graph()
     for layer in pipe.forward_funcs:
         if isinstance(layer, BlockPipe):
             layer.compile()

@@ -50,8 +50,16 @@ def prepare_sample(out: Path) -> Path:
     from filtertron.cli import main
 
     if not (out / "train.bin").exists():
-        argv = ["prepare", "--source", str(ROOT / "corpus" / "sample"), "--output", str(out),
-                "--vocab-size", "2048", "--no-progress"]
+        argv = [
+            "prepare",
+            "--source",
+            str(ROOT / "corpus" / "sample"),
+            "--output",
+            str(out),
+            "--vocab-size",
+            "2048",
+            "--no-progress",
+        ]
         assert main(argv) == 0
     return out
 
@@ -88,12 +96,15 @@ def plain_loop(cfg, train_ds, steps: int) -> list[tuple[float, float]]:
         params = [p for p in model.parameters() if p.requires_grad]
         masters = [p.detach().float().clone() for p in params]
         pairs = list(zip(params, masters, strict=True))
-        groups = [{"params": [m for q, m in pairs if q.dim() >= 2], "weight_decay": t.weight_decay},
-                  {"params": [m for q, m in pairs if q.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [m for q, m in pairs if q.dim() >= 2], "weight_decay": t.weight_decay},
+            {"params": [m for q, m in pairs if q.dim() < 2], "weight_decay": 0.0},
+        ]
         opt = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8)
     else:
-        opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr,
-                                betas=(t.beta1, t.beta2), eps=1e-8)
+        opt = torch.optim.AdamW(
+            param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8
+        )
     if t.compile:
         model.compile()
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(t))
@@ -150,19 +161,36 @@ def main() -> None:
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = prepare_sample(ROOT / ".cache" / "bench-data" / "sample")
-    base = load_config(args.config, [
-        f"data.path={data}", f"train.steps={args.steps}", "train.save_every=0",
-        "eval.every=0", "eval.batches=1", "parallel.zero_stage=0",
-        f"train.log_every={args.steps}", *args.overrides])
-    settings = [(prec, comp) for prec in args.precision.split(",")
-                for comp in ([False, True] if args.compile else [False])]
+    base = load_config(
+        args.config,
+        [
+            f"data.path={data}",
+            f"train.steps={args.steps}",
+            "train.save_every=0",
+            "eval.every=0",
+            "eval.batches=1",
+            "parallel.zero_stage=0",
+            f"train.log_every={args.steps}",
+            *args.overrides,
+        ],
+    )
+    settings = [
+        (prec, comp)
+        for prec in args.precision.split(",")
+        for comp in ([False, True] if args.compile else [False])
+    ]
     skip = max(1, args.steps // 10)  # warm-up (and compile) steps excluded from both
     times: dict[tuple[str, bool], dict[str, list[tuple[float, float]]]] = {
-        s: {"filtertron": [], "plain": []} for s in settings}
+        s: {"filtertron": [], "plain": []} for s in settings
+    }
     for r in range(args.rounds):
         for prec, comp in settings:
-            train = dataclasses.replace(base.train, precision=prec, compile=comp,
-                                        out_dir=str(work / f"run-{prec}-{comp}-{r}"))
+            train = dataclasses.replace(
+                base.train,
+                precision=prec,
+                compile=comp,
+                out_dir=str(work / f"run-{prec}-{comp}-{r}"),
+            )
             cfg = dataclasses.replace(base, train=train)
             steps, tr = filtertron_loop(cfg)
             times[(prec, comp)]["filtertron"] += steps[skip:]
@@ -170,12 +198,16 @@ def main() -> None:
     tokens = base.train.micro_batch_size * base.train.grad_accum * base.model.seq_len
     fpt = flops_per_token(base.model)
     load = os.getloadavg()
-    print(f"model: {base.model.n_layers}L d={base.model.d_model} T={base.model.seq_len}, "
-          f"{tokens} tokens/step, {torch.get_num_threads()} threads, {args.steps} steps x "
-          f"{args.rounds} alternating rounds (first {skip} of each excluded); load average "
-          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
-    print(f"{'setting':<15}{'plain ms':>10}{'ft ms':>9}{'ratio':>7}{'plain cpu':>11}{'ft cpu':>9}"
-          f"{'ratio':>7}{'tokens/s':>10}{'MFU':>7}  peak")
+    print(
+        f"model: {base.model.n_layers}L d={base.model.d_model} T={base.model.seq_len}, "
+        f"{tokens} tokens/step, {torch.get_num_threads()} threads, {args.steps} steps x "
+        f"{args.rounds} alternating rounds (first {skip} of each excluded); load average "
+        f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores"
+    )
+    print(
+        f"{'setting':<15}{'plain ms':>10}{'ft ms':>9}{'ratio':>7}{'plain cpu':>11}{'ft cpu':>9}"
+        f"{'ratio':>7}{'tokens/s':>10}{'MFU':>7}  peak"
+    )
     for prec, comp in settings:
         t = times[(prec, comp)]
         pl = [statistics.median(x[i] for x in t["plain"]) for i in (0, 1)]
@@ -185,9 +217,11 @@ def main() -> None:
         util = mfu.Utilization(fpt, None, peak, 1)(tokens / ft[0])["mfu"]
         shown = "n/a" if util is None else f"{100 * util:.1f}%"
         name = f"{prec}{' compiled' if comp else ''}"
-        print(f"{name:<15}{1e3 * pl[0]:>10.1f}{1e3 * ft[0]:>9.1f}{ft[0] / pl[0]:>7.3f}"
-              f"{1e3 * pl[1]:>11.1f}{1e3 * ft[1]:>9.1f}{ft[1] / pl[1]:>7.3f}"
-              f"{tokens / ft[0]:>10,.0f}{shown:>7}  {peak.flops / 1e9:.1f} GFLOP/s ({peak.source})")
+        print(
+            f"{name:<15}{1e3 * pl[0]:>10.1f}{1e3 * ft[0]:>9.1f}{ft[0] / pl[0]:>7.3f}"
+            f"{1e3 * pl[1]:>11.1f}{1e3 * ft[1]:>9.1f}{ft[1] / pl[1]:>7.3f}"
+            f"{tokens / ft[0]:>10,.0f}{shown:>7}  {peak.flops / 1e9:.1f} GFLOP/s ({peak.source})"
+        )
     print("ratio = filtertron / plain median step time, wall clock and CPU time (target <= 1.05)")
 
 

@@ -11,11 +11,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "tools" / "gpu" / "check.sh"
-WHEELS = ["deepspeed-0.19.8-py3-none-any.whl", "hjson-3.1.0-py3-none-any.whl",
-          "megatron_core-0.16.1-cp312-cp312-manylinux_2_28_x86_64.whl",
-          "pydantic-2.14.4-py3-none-any.whl",
-          "pydantic_core-2.50.5-cp312-cp312-manylinux2014_x86_64.whl",
-          "annotated_types-0.8.0-py3-none-any.whl", "typing_inspection-0.4.5-py3-none-any.whl"]
+WHEELS = [
+    "deepspeed-0.19.8-py3-none-any.whl",
+    "hjson-3.1.0-py3-none-any.whl",
+    "megatron_core-0.16.1-cp312-cp312-manylinux_2_28_x86_64.whl",
+    "pydantic-2.14.4-py3-none-any.whl",
+    "pydantic_core-2.50.5-cp312-cp312-manylinux2014_x86_64.whl",
+    "annotated_types-0.8.0-py3-none-any.whl",
+    "typing_inspection-0.4.5-py3-none-any.whl",
+]
 
 
 @pytest.mark.parametrize("script", ["check.sh", "wheels.sh"])
@@ -25,8 +29,13 @@ def test_script_parses(script):
 
 def _check(tmp_path, wheels: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "FILTERTRON_WHEELS": str(wheels), "PYTHON": sys.executable}
-    return subprocess.run(["bash", str(CHECK), str(tmp_path / "out")], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["bash", str(CHECK), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")

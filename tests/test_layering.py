@@ -13,8 +13,17 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "filtertron"
-LEVEL = {"config": 0, "logs": 0, "model": 1, "kernels": 1, "data": 1, "parallel": 2,
-         "checkpoint": 3, "train": 4, "eval": 4}
+LEVEL = {
+    "config": 0,
+    "logs": 0,
+    "model": 1,
+    "kernels": 1,
+    "data": 1,
+    "parallel": 2,
+    "checkpoint": 3,
+    "train": 4,
+    "eval": 4,
+}
 PEERS = {("train", "eval"), ("eval", "train")}
 MODEL_FORBIDDEN = ("torch.distributed", "deepspeed", "megatron")
 
@@ -26,8 +35,11 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out += [(node.lineno, node.module)]
-            out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names
-                    if node.module == "filtertron"]
+            out += [
+                (node.lineno, f"{node.module}.{a.name}")
+                for a in node.names
+                if node.module == "filtertron"
+            ]
     return out
 
 
@@ -54,7 +66,10 @@ def test_no_upward_imports():
 
 
 def test_the_model_is_single_device_pytorch():
-    bad = [f"{p.relative_to(PACKAGE)}:{line} {m}"
-           for p in sorted((PACKAGE / "model").rglob("*.py"))
-           for line, m in _imports(p) if m.startswith(MODEL_FORBIDDEN)]
+    bad = [
+        f"{p.relative_to(PACKAGE)}:{line} {m}"
+        for p in sorted((PACKAGE / "model").rglob("*.py"))
+        for line, m in _imports(p)
+        if m.startswith(MODEL_FORBIDDEN)
+    ]
     assert not bad, bad

@@ -21,10 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output step directory")
     parser.add_argument("--tp", type=int, default=1, help="target tensor-parallel size")
     parser.add_argument("--pp", type=int, default=1, help="target pipeline-parallel size")
-    parser.add_argument("--zero-stage", type=int, default=None,
-                        help="target ZeRO stage (default: the source's)")
-    parser.add_argument("--config", default=None,
-                        help="run config YAML, for a DeepSpeed directory without filtertron.json")
+    parser.add_argument(
+        "--zero-stage", type=int, default=None, help="target ZeRO stage (default: the source's)"
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="run config YAML, for a DeepSpeed directory without filtertron.json",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from filtertron.checkpoint.shards import convert
 
     try:
-        out = convert(Path(args.checkpoint), Path(args.out), args.tp, args.pp, args.zero_stage,
-                      args.config)
+        out = convert(
+            Path(args.checkpoint), Path(args.out), args.tp, args.pp, args.zero_stage, args.config
+        )
     except (ValueError, FileNotFoundError) as e:
         from filtertron.config import ConfigError
 

@@ -76,8 +76,10 @@ def tp_shards(path: Path, cfg: RunConfig) -> list[dict[str, torch.Tensor]]:
         return shards
     files = sorted(path.glob("mp_rank_*_model_states.pt"))
     if len(files) != tp:
-        raise ValueError(f"{path}: expected {tp} mp_rank_*_model_states.pt files for "
-                         f"parallel.tp={tp}, found {len(files)}")
+        raise ValueError(
+            f"{path}: expected {tp} mp_rank_*_model_states.pt files for "
+            f"parallel.tp={tp}, found {len(files)}"
+        )
     return [_clean(_load(f)["module"] or {}) for f in files]
 
 
@@ -88,8 +90,10 @@ def consolidate(path: Path, cfg: RunConfig) -> dict[str, torch.Tensor]:
     if (path / "model.pt").is_file():
         return torch.load(path / "model.pt", map_location="cpu", weights_only=True)
     if cfg.parallel.tp > 1 and cfg.parallel.zero_stage == 3:
-        raise ValueError("consolidating ZeRO-3 with tp > 1 is not supported (DeepSpeed's "
-                         "zero_to_fp32 reads one model-parallel rank); save a model.pt instead")
+        raise ValueError(
+            "consolidating ZeRO-3 with tp > 1 is not supported (DeepSpeed's "
+            "zero_to_fp32 reads one model-parallel rank); save a model.pt instead"
+        )
     shards = tp_shards(path, cfg)
     model = _meta_model(cfg)
     spec = partition_spec(model, cfg.model.vocab_size, cfg.parallel.tp)
@@ -116,8 +120,9 @@ def _save(obj, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_layout(full: dict[str, torch.Tensor], cfg: RunConfig, out: Path,
-                 step: int = 0, samples: int = 0) -> None:
+def write_layout(
+    full: dict[str, torch.Tensor], cfg: RunConfig, out: Path, step: int = 0, samples: int = 0
+) -> None:
     """Write ``full`` (single-device names) as the DeepSpeed module files of ``cfg``'s layout."""
     import deepspeed
 
@@ -125,8 +130,10 @@ def write_layout(full: dict[str, torch.Tensor], cfg: RunConfig, out: Path,
 
     tp, pp = cfg.parallel.tp, cfg.parallel.pp
     spec = partition_spec(_meta_model(cfg), cfg.model.vocab_size, tp)
-    shards = [{k: shard_tensor(v, spec[k], t, tp) if k in spec else v for k, v in full.items()}
-              for t in range(tp)]
+    shards = [
+        {k: shard_tensor(v, spec[k], t, tp) if k in spec else v for k, v in full.items()}
+        for t in range(tp)
+    ]
     for i, prefixes in enumerate(layer_names(cfg)):
         if not prefixes:
             continue
@@ -134,10 +141,19 @@ def write_layout(full: dict[str, torch.Tensor], cfg: RunConfig, out: Path,
             layer = {k: v for k, v in shards[t].items() if k.startswith(tuple(prefixes))}
             _save(layer, out / f"layer_{i:02d}-model_{t:02d}-model_states.pt")
     for m in range(pp * tp):
-        _save({"module": shards[m] if pp == 1 else None, "buffer_names": [],
-               "global_steps": step, "global_samples": samples, "skipped_steps": 0,
-               "dp_world_size": 1, "mp_world_size": pp * tp,
-               "ds_version": deepspeed.__version__}, out / f"mp_rank_{m:02d}_model_states.pt")
+        _save(
+            {
+                "module": shards[m] if pp == 1 else None,
+                "buffer_names": [],
+                "global_steps": step,
+                "global_samples": samples,
+                "skipped_steps": 0,
+                "dp_world_size": 1,
+                "mp_world_size": pp * tp,
+                "ds_version": deepspeed.__version__,
+            },
+            out / f"mp_rank_{m:02d}_model_states.pt",
+        )
 
 
 def _source(path: Path, config: str | None) -> tuple[Path, RunConfig, dict]:
@@ -151,13 +167,23 @@ def target_config(cfg: RunConfig, tp: int, pp: int, zero_stage: int | None) -> R
     """``cfg`` with the new layout (validated like any loaded config)."""
     p = cfg.parallel
     par = dataclasses.replace(
-        p, tp=tp, pp=pp, zero_stage=p.zero_stage if zero_stage is None else zero_stage,
-        sequence_parallel=p.sequence_parallel and tp > 1)
+        p,
+        tp=tp,
+        pp=pp,
+        zero_stage=p.zero_stage if zero_stage is None else zero_stage,
+        sequence_parallel=p.sequence_parallel and tp > 1,
+    )
     return from_dict(RunConfig, {**cfg.to_dict(), "parallel": dataclasses.asdict(par)})
 
 
-def convert(path: Path, out: Path, tp: int = 1, pp: int = 1, zero_stage: int | None = None,
-            config: str | None = None) -> Path:
+def convert(
+    path: Path,
+    out: Path,
+    tp: int = 1,
+    pp: int = 1,
+    zero_stage: int | None = None,
+    config: str | None = None,
+) -> Path:
     """Consolidate the checkpoint at ``path`` and write it to ``out`` for layout (tp, pp).
 
     Returns:
@@ -171,12 +197,23 @@ def convert(path: Path, out: Path, tp: int = 1, pp: int = 1, zero_stage: int | N
     _save(full, out / "model.pt")
     write_layout(full, new, out, int(meta.get("step", 0)), int(meta.get("consumed_samples", 0)))
     meta = {k: v for k, v in meta.items() if k != "world_size"}  # the source's, not the target's
-    marker = {**meta, "config": new.to_dict(), "weights_only": True,
-              "converted": {"from": str(src), "tp": cfg.parallel.tp, "pp": cfg.parallel.pp}}
+    marker = {
+        **meta,
+        "config": new.to_dict(),
+        "weights_only": True,
+        "converted": {"from": str(src), "tp": cfg.parallel.tp, "pp": cfg.parallel.pp},
+    }
     marker.setdefault("step", 0)
     write_json_atomic(out / MARKER, marker)
-    log.info("converted %s (tp=%d, pp=%d) -> %s (tp=%d, pp=%d)", src, cfg.parallel.tp,
-             cfg.parallel.pp, out, tp, pp)
+    log.info(
+        "converted %s (tp=%d, pp=%d) -> %s (tp=%d, pp=%d)",
+        src,
+        cfg.parallel.tp,
+        cfg.parallel.pp,
+        out,
+        tp,
+        pp,
+    )
     return out
 
 

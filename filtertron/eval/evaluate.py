@@ -83,16 +83,22 @@ def plan_for(cfg: Any, opts: EvalOptions, where: str) -> Plan:
         if not 1 <= s <= n:
             raise ValueError(f"--stride {s} must be in [1, L] for every length (L={n})")
         pairs.append((n, s))
-    return Plan(pairs[:len(lengths)], pairs[-1] if robust else None)
+    return Plan(pairs[: len(lengths)], pairs[-1] if robust else None)
 
 
 METRIC_KEYS = ("tokens", "words", "bytes", "nll_sum", "token_ppl", "word_ppl", "bits_per_byte")
 
 
 def _metrics(tot: Totals, span: Span) -> Row:
-    return {"tokens": tot.tokens, "words": span.words, "bytes": span.bytes,
-            "nll_sum": tot.nll_sum, "token_ppl": tot.token_ppl,
-            "word_ppl": tot.word_ppl(span.words), "bits_per_byte": tot.bits_per_byte(span.bytes)}
+    return {
+        "tokens": tot.tokens,
+        "words": span.words,
+        "bytes": span.bytes,
+        "nll_sum": tot.nll_sum,
+        "token_ppl": tot.token_ppl,
+        "word_ppl": tot.word_ppl(span.words),
+        "bits_per_byte": tot.bits_per_byte(span.bytes),
+    }
 
 
 def diagnostics_rows(model: nn.Module, span: Span, windows: int) -> list[Row]:
@@ -107,15 +113,28 @@ def diagnostics_rows(model: nn.Module, span: Span, windows: int) -> list[Row]:
     rows = []
     for layer, sim in enumerate(d["token_similarity"]):
         heads = d["attention_entropy"][layer - 1] if layer else None
-        rows.append({"kind": "diagnostics", "layer": layer, "length": T, "windows": n,
-                     "token_similarity": sim,
-                     "attention_entropy": sum(heads) / len(heads) if heads else None,
-                     "attention_entropy_heads": heads})
+        rows.append(
+            {
+                "kind": "diagnostics",
+                "layer": layer,
+                "length": T,
+                "windows": n,
+                "token_similarity": sim,
+                "attention_entropy": sum(heads) / len(heads) if heads else None,
+                "attention_entropy_heads": heads,
+            }
+        )
     return rows
 
 
-def evaluate_model(model: nn.Module, span: Span, opts: EvalOptions, base: Row | None = None,
-                   rank: int = 0, world: int = 1) -> list[Row]:
+def evaluate_model(
+    model: nn.Module,
+    span: Span,
+    opts: EvalOptions,
+    base: Row | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> list[Row]:
     """Every requested measurement of one model on one span.
 
     Args:
@@ -131,9 +150,13 @@ def evaluate_model(model: nn.Module, span: Span, opts: EvalOptions, base: Row | 
     """
     cfg = model.config
     device = _device(model).type
-    base = dict(base or {}, train_length=cfg.seq_len, world_size=world, seed=opts.seed,
-                scored_span="whole split" if span.whole_split
-                else f"first {span.documents} documents")
+    base = dict(
+        base or {},
+        train_length=cfg.seq_len,
+        world_size=world,
+        seed=opts.seed,
+        scored_span="whole split" if span.whole_split else f"first {span.documents} documents",
+    )
     plan = plan_for(cfg, opts, base.get("name", "model"))
     label = base.get("name", "model")
     rows: list[Row] = []
@@ -141,15 +164,24 @@ def evaluate_model(model: nn.Module, span: Span, opts: EvalOptions, base: Row | 
 
     models: dict[str, nn.Module] = {}
 
-    def run(L: int, S: int, scorer: Any = window_nll, grad: bool = False,
-            what: str = "") -> tuple[Totals, Row]:
+    def run(
+        L: int, S: int, scorer: Any = window_nll, grad: bool = False, what: str = ""
+    ) -> tuple[Totals, Row]:
         impl = lc.resolve_impl(opts.impl, cfg, needs_grad=grad, device=device)
         if impl not in models:
             models[impl] = lc.with_impl(model, impl)
         windows = sliding_windows(span.num_targets, L, S)
-        tot = score(models[impl], span.tokens, windows,
-                    opts.batch_size or max(1, TOKENS_PER_BATCH // L), scorer, rank, world,
-                    f"{label} L={L} S={S}{what}" if opts.progress else False, grad)
+        tot = score(
+            models[impl],
+            span.tokens,
+            windows,
+            opts.batch_size or max(1, TOKENS_PER_BATCH // L),
+            scorer,
+            rank,
+            world,
+            f"{label} L={L} S={S}{what}" if opts.progress else False,
+            grad,
+        )
         return tot, {"length": L, "stride": S, "impl": impl, "windows": len(windows)}
 
     def clean_row(L: int, S: int) -> Row:
@@ -159,8 +191,12 @@ def evaluate_model(model: nn.Module, span: Span, opts: EvalOptions, base: Row | 
         return clean[(L, S)]
 
     if span.num_targets < max(L for L, _ in plan.lengths):
-        log.warning("%s: the scored span has only %d targets, shorter than the longest "
-                    "window; those windows are cut to the span", label, span.num_targets)
+        log.warning(
+            "%s: the scored span has only %d targets, shorter than the longest "
+            "window; those windows are cut to the span",
+            label,
+            span.num_targets,
+        )
     rows += [clean_row(L, S) for L, S in plan.lengths]
     if plan.robust:
         L, S = plan.robust
@@ -170,28 +206,48 @@ def evaluate_model(model: nn.Module, span: Span, opts: EvalOptions, base: Row | 
                 tot_row = {k: ref[k] for k in ("length", "stride", "impl", "windows")}
                 met = {k: ref[k] for k in METRIC_KEYS}
             else:
-                sc = contamination_scorer(p, opts.contamination_mode, opts.contamination_token,
-                                          span.vocab_size, opts.seed)
+                sc = contamination_scorer(
+                    p, opts.contamination_mode, opts.contamination_token, span.vocab_size, opts.seed
+                )
                 tot, tot_row = run(L, S, sc, what=f" p={p:g}")
                 met = _metrics(tot, span)
-            rows.append({**base, "kind": "contamination", **tot_row, **met, "contamination": p,
-                         "contamination_mode": opts.contamination_mode,
-                         "contamination_token": opts.contamination_token
-                         if opts.contamination_mode == "fixed" else None})
+            rows.append(
+                {
+                    **base,
+                    "kind": "contamination",
+                    **tot_row,
+                    **met,
+                    "contamination": p,
+                    "contamination_mode": opts.contamination_mode,
+                    "contamination_token": opts.contamination_token
+                    if opts.contamination_mode == "fixed"
+                    else None,
+                }
+            )
         for eps in opts.epsilons if opts.attack else []:
             sc = attack_scorer(opts.attack, eps, opts.pgd_steps, opts.pgd_alpha)
             tot, where = run(L, S, sc, grad=True, what=f" {opts.attack} eps={eps:g}")
-            rows.append({**base, "kind": "attack", **where, **_metrics(tot, span),
-                         "attack": opts.attack, "epsilon": eps,
-                         "pgd_steps": opts.pgd_steps if opts.attack == "pgd" else None,
-                         "pgd_alpha": (opts.pgd_alpha or 2.5 * eps / opts.pgd_steps)
-                         if opts.attack == "pgd" else None,
-                         "clean_token_ppl": ref["token_ppl"]})
+            rows.append(
+                {
+                    **base,
+                    "kind": "attack",
+                    **where,
+                    **_metrics(tot, span),
+                    "attack": opts.attack,
+                    "epsilon": eps,
+                    "pgd_steps": opts.pgd_steps if opts.attack == "pgd" else None,
+                    "pgd_alpha": (opts.pgd_alpha or 2.5 * eps / opts.pgd_steps)
+                    if opts.attack == "pgd"
+                    else None,
+                    "clean_token_ppl": ref["token_ppl"],
+                }
+            )
     if opts.diagnostics and rank == 0:
         impl = lc.resolve_impl(opts.impl, cfg, device=device)
         m = models.get(impl) or lc.with_impl(model, impl)
-        rows += [{**base, "impl": impl, **r}
-                 for r in diagnostics_rows(m, span, opts.diagnostics_windows)]
+        rows += [
+            {**base, "impl": impl, **r} for r in diagnostics_rows(m, span, opts.diagnostics_windows)
+        ]
     return rows
 
 
@@ -219,8 +275,14 @@ class Request:
     split: str
 
 
-def check_request(checkpoints: list[str], data: str, opts: EvalOptions, split: str = "test",
-                  max_tokens: int | None = None, names: list[str] | None = None) -> Request:
+def check_request(
+    checkpoints: list[str],
+    data: str,
+    opts: EvalOptions,
+    split: str = "test",
+    max_tokens: int | None = None,
+    names: list[str] | None = None,
+) -> Request:
     """Check every request against every checkpoint before any model runs.
 
     Args:
@@ -249,18 +311,28 @@ def check_request(checkpoints: list[str], data: str, opts: EvalOptions, split: s
             plan_for(cfg, opts, f"{name} ({info.path})")
             saved = info.meta.get("tokenizer_hash")
             if saved and saved != span.tokenizer_hash:
-                raise ValueError(f"{info.path}: trained with tokenizer {saved[:12]}..., but "
-                                 f"{data} uses {span.tokenizer_hash[:12]}...")
+                raise ValueError(
+                    f"{info.path}: trained with tokenizer {saved[:12]}..., but "
+                    f"{data} uses {span.tokenizer_hash[:12]}..."
+                )
             if span.vocab_size > cfg.vocab_size:
-                raise ValueError(f"{data}: vocabulary {span.vocab_size} exceeds the "
-                                 f"model's {cfg.vocab_size} ({info.path})")
+                raise ValueError(
+                    f"{data}: vocabulary {span.vocab_size} exceeds the "
+                    f"model's {cfg.vocab_size} ({info.path})"
+                )
     except (ValueError, DataError, FileNotFoundError) as e:
         raise EvalRequestError(str(e)) from e
     return Request(infos, list(names), span, split)
 
 
-def evaluate_checkpoints(request: Request, opts: EvalOptions, out: str, rank: int = 0,
-                         world: int = 1, device: str | None = None) -> list[Row]:
+def evaluate_checkpoints(
+    request: Request,
+    opts: EvalOptions,
+    out: str,
+    rank: int = 0,
+    world: int = 1,
+    device: str | None = None,
+) -> list[Row]:
     """Evaluate checked checkpoints and write the report (rank 0).
 
     Args:
@@ -280,8 +352,12 @@ def evaluate_checkpoints(request: Request, opts: EvalOptions, out: str, rank: in
     rows: list[Row] = []
     for info, name in zip(request.infos, request.names, strict=True):
         model, _cfg, info = load_model(info.path, map_location=device)
-        base = {"name": name, "checkpoint": str(info.path), "step": info.step,
-                "split": request.split}
+        base = {
+            "name": name,
+            "checkpoint": str(info.path),
+            "step": info.step,
+            "split": request.split,
+        }
         rows += evaluate_model(model.eval(), request.span, opts, base, rank, world)
     if rank == 0:
         written = write_report(rows, out)

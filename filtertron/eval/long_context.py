@@ -72,11 +72,13 @@ def check_length(cfg: ModelConfig, length: int, where: str = "model") -> None:
             f"(model.seq_len={cfg.seq_len}, position=learned); learned absolute positions "
             f"cannot represent longer contexts, and filtertron does not truncate silently. "
             f"Evaluate at lengths <= {cfg.seq_len}, or use a model with "
-            f"{'/'.join(ANY_LENGTH_POSITIONS)} positions or bilateral attention.")
+            f"{'/'.join(ANY_LENGTH_POSITIONS)} positions or bilateral attention."
+        )
 
 
-def resolve_impl(requested: str, cfg: ModelConfig, needs_grad: bool = False,
-                 device: str = "cpu") -> str:
+def resolve_impl(
+    requested: str, cfg: ModelConfig, needs_grad: bool = False, device: str = "cpu"
+) -> str:
     """The attention implementation to evaluate with, as an explicit name.
 
     ``auto`` keeps the checkpoint's implementation when it is a fused one (``sdpa``;
@@ -104,8 +106,9 @@ def resolve_impl(requested: str, cfg: ModelConfig, needs_grad: bool = False,
     if own == "sdpa" or (own == "flex" and not (needs_grad and device == "cpu")):
         return own
     att = cfg.attention
-    choice = functional.resolve_impl("auto", torch.device(device), att.kind, att.twicing.base,
-                                     needs_grad, False)
+    choice = functional.resolve_impl(
+        "auto", torch.device(device), att.kind, att.twicing.base, needs_grad, False
+    )
     return FUSED_DEFAULT if choice == "reference" else choice
 
 

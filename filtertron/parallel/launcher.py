@@ -40,8 +40,9 @@ def free_port() -> int:
     return _free()
 
 
-def argv_from_namespace(args: argparse.Namespace, positional: str, skip: tuple[str, ...] = ()
-                        ) -> list[str]:
+def argv_from_namespace(
+    args: argparse.Namespace, positional: str, skip: tuple[str, ...] = ()
+) -> list[str]:
     """The command line that parses back into ``args`` (options as ``--dashed-names``).
 
     ``positional`` names the argument given without a flag; ``None`` and ``False`` values
@@ -61,21 +62,43 @@ def argv_from_namespace(args: argparse.Namespace, positional: str, skip: tuple[s
     return argv
 
 
-def deepspeed_command(module: str, argv: list[str], nproc: int, port: int | None = None
-                      ) -> tuple[list[str], int]:
+def deepspeed_command(
+    module: str, argv: list[str], nproc: int, port: int | None = None
+) -> tuple[list[str], int]:
     """``python -m deepspeed.launcher.runner --num_gpus N ... --module MODULE ARGV``."""
     port = port or free_port()
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
-           "--master_addr", MASTER_ADDR, "--master_port", str(port), "--module", module, *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(nproc),
+        "--master_addr",
+        MASTER_ADDR,
+        "--master_port",
+        str(port),
+        "--module",
+        module,
+        *argv,
+    ]
     return cmd, port
 
 
-def torchrun_command(argv: list[str], nproc: int, port: int | None = None
-                     ) -> tuple[list[str], int]:
+def torchrun_command(argv: list[str], nproc: int, port: int | None = None) -> tuple[list[str], int]:
     """``python -m torch.distributed.run --nproc-per-node N ... ARGV``."""
     port = port or free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--master-addr", MASTER_ADDR, "--master-port", str(port), *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        MASTER_ADDR,
+        "--master-port",
+        str(port),
+        *argv,
+    ]
     return cmd, port
 
 
@@ -98,8 +121,9 @@ def _cleanup_shm(port: int, launcher_log) -> None:
             launcher_log.write(msg + "\n")
 
 
-def run_child(cmd: list[str], log_dir: str | Path, verbose: bool, port: int,
-              nproc: int | None = None) -> int:
+def run_child(
+    cmd: list[str], log_dir: str | Path, verbose: bool, port: int, nproc: int | None = None
+) -> int:
     """Run a launcher command to completion; returns its exit status (130 on Ctrl-C).
 
     Args:
@@ -121,8 +145,10 @@ def run_child(cmd: list[str], log_dir: str | Path, verbose: bool, port: int,
     pumps = []
     if launcher_log is not None:
         relay = Relay(launcher_log)
-        pumps = [threading.Thread(target=relay.pump, args=(src, dst), daemon=True)
-                 for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+        pumps = [
+            threading.Thread(target=relay.pump, args=(src, dst), daemon=True)
+            for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))
+        ]
         for t in pumps:
             t.start()
 

@@ -135,5 +135,6 @@ def install() -> bool:
 
 def status() -> SimpleNamespace:
     """What :func:`install` changed, for logs and tests."""
-    return SimpleNamespace(active=_installed, modules=(*_PATCHED_MODULES, _RANDOM) if _installed
-                           else ())
+    return SimpleNamespace(
+        active=_installed, modules=(*_PATCHED_MODULES, _RANDOM) if _installed else ()
+    )

@@ -111,14 +111,25 @@ def layer_specs(model: GPT, carry_y0: bool) -> list:
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
     tied = model.config.tie_embeddings
-    embed = (TiedLayerSpec("embed", EmbeddingPipe, model, carry_y0, tied_weight_attr="wte.weight")
-             if tied else LayerSpec(EmbeddingPipe, model, carry_y0))
+    embed = (
+        TiedLayerSpec("embed", EmbeddingPipe, model, carry_y0, tied_weight_attr="wte.weight")
+        if tied
+        else LayerSpec(EmbeddingPipe, model, carry_y0)
+    )
     specs = [embed]
     specs += [LayerSpec(BlockPipe, model, i, carry_y0) for i in range(len(model.blocks))]
     specs.append(LayerSpec(NormPipe, model))
     if tied:
-        specs.append(TiedLayerSpec("embed", EmbeddingPipe, model, carry_y0,
-                                   forward_fn=_tied_head, tied_weight_attr="wte.weight"))
+        specs.append(
+            TiedLayerSpec(
+                "embed",
+                EmbeddingPipe,
+                model,
+                carry_y0,
+                forward_fn=_tied_head,
+                tied_weight_attr="wte.weight",
+            )
+        )
     else:
         specs.append(LayerSpec(HeadPipe, model))
     return specs
@@ -168,11 +179,14 @@ def build_pipeline(cfg: RunConfig, layout: ParallelLayout, model: GPT | None = N
     # no_grad: the module broadcasts the tied weight in place at construction; with grad
     # enabled autograd would record that broadcast into the weight's graph.
     with torch.no_grad():
-        pipe = PipelineModule(layers=layer_specs(model, carries_y0(cfg)),
-                              loss_fn=model.criterion, topology=layout.topology(),
-                              partition_method=PARTITION_METHODS[cfg.parallel.pp_partition],
-                              activation_checkpoint_interval=interval,
-                              checkpointable_layers=["BlockPipe"])
+        pipe = PipelineModule(
+            layers=layer_specs(model, carries_y0(cfg)),
+            loss_fn=model.criterion,
+            topology=layout.topology(),
+            partition_method=PARTITION_METHODS[cfg.parallel.pp_partition],
+            activation_checkpoint_interval=interval,
+            checkpointable_layers=["BlockPipe"],
+        )
     deepspeed_workarounds.count_each_gradient_once(pipe, layout.pp_rank, layout.tp_rank)
     deepspeed_workarounds.release_layer_specs(pipe)
     return pipe

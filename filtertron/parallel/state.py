@@ -35,8 +35,10 @@ def validate(cfg: RunConfig, world_size: int) -> int:
     """
     p = cfg.parallel
     if world_size < 1 or world_size % (p.tp * p.pp):
-        raise ConfigError(f"world size {world_size} must equal tp x pp x dp: parallel.tp={p.tp} "
-                          f"x parallel.pp={p.pp} = {p.tp * p.pp} does not divide {world_size}")
+        raise ConfigError(
+            f"world size {world_size} must equal tp x pp x dp: parallel.tp={p.tp} "
+            f"x parallel.pp={p.pp} = {p.tp * p.pp} does not divide {world_size}"
+        )
     return world_size // (p.tp * p.pp)
 
 
@@ -76,8 +78,9 @@ class ParallelLayout:
         """DeepSpeed's topology for this layout (rank order identical to megatron's)."""
         from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
-        return PipeModelDataParallelTopology(num_pp=self.pp_size, num_mp=self.tp_size,
-                                             num_dp=self.dp_size)
+        return PipeModelDataParallelTopology(
+            num_pp=self.pp_size, num_mp=self.tp_size, num_dp=self.dp_size
+        )
 
 
 class DeepSpeedMPU:
@@ -146,33 +149,48 @@ def initialize(cfg: RunConfig, world_size: int) -> ParallelLayout:
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialised; call init_distributed() first")
     if dist.get_world_size() != world_size:
-        raise ConfigError(f"world size {world_size} given, but torch.distributed has "
-                          f"{dist.get_world_size()} processes")
+        raise ConfigError(
+            f"world size {world_size} given, but torch.distributed has "
+            f"{dist.get_world_size()} processes"
+        )
     megatron_cpu.install()
     from megatron.core import parallel_state as ps
 
     tp, pp = cfg.parallel.tp, cfg.parallel.pp
     if ps.model_parallel_is_initialized() and (
-            ps.get_tensor_model_parallel_world_size() != tp
-            or ps.get_pipeline_model_parallel_world_size() != pp):
+        ps.get_tensor_model_parallel_world_size() != tp
+        or ps.get_pipeline_model_parallel_world_size() != pp
+    ):
         ps.destroy_model_parallel()
     if not ps.model_parallel_is_initialized():
         # No extra gloo copies of every group: filtertron uses none of megatron's CPU-side
         # helpers that need them, and creating them doubles start-up time on gloo.
-        ps.initialize_model_parallel(tensor_model_parallel_size=tp,
-                                     pipeline_model_parallel_size=pp,
-                                     create_gloo_process_groups=False)
+        ps.initialize_model_parallel(
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            create_gloo_process_groups=False,
+        )
     rank = dist.get_rank()
     tp_rank, pp_rank, dp_rank = coordinates(rank, tp, pp, dp)
-    assert (tp_rank, pp_rank, dp_rank) == (ps.get_tensor_model_parallel_rank(),
-                                           ps.get_pipeline_model_parallel_rank(),
-                                           ps.get_data_parallel_rank()), "rank order mismatch"
-    return ParallelLayout(rank=rank, world_size=world_size, tp_rank=tp_rank, tp_size=tp,
-                          pp_rank=pp_rank, pp_size=pp, dp_rank=dp_rank, dp_size=dp,
-                          tp_group=ps.get_tensor_model_parallel_group(),
-                          pp_group=ps.get_pipeline_model_parallel_group(),
-                          dp_group=ps.get_data_parallel_group(),
-                          sequence_parallel=cfg.parallel.sequence_parallel)
+    assert (tp_rank, pp_rank, dp_rank) == (
+        ps.get_tensor_model_parallel_rank(),
+        ps.get_pipeline_model_parallel_rank(),
+        ps.get_data_parallel_rank(),
+    ), "rank order mismatch"
+    return ParallelLayout(
+        rank=rank,
+        world_size=world_size,
+        tp_rank=tp_rank,
+        tp_size=tp,
+        pp_rank=pp_rank,
+        pp_size=pp,
+        dp_rank=dp_rank,
+        dp_size=dp,
+        tp_group=ps.get_tensor_model_parallel_group(),
+        pp_group=ps.get_pipeline_model_parallel_group(),
+        dp_group=ps.get_data_parallel_group(),
+        sequence_parallel=cfg.parallel.sequence_parallel,
+    )
 
 
 def layout_for(cfg: RunConfig, world_size: int) -> ParallelLayout:
@@ -186,6 +204,16 @@ def layout_for(cfg: RunConfig, world_size: int) -> ParallelLayout:
         return initialize(cfg, world_size)
     dp = validate(cfg, world_size)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return ParallelLayout(rank=rank, world_size=world_size, tp_rank=0, tp_size=1, pp_rank=0,
-                          pp_size=1, dp_rank=rank, dp_size=dp, tp_group=None, pp_group=None,
-                          dp_group=None)
+    return ParallelLayout(
+        rank=rank,
+        world_size=world_size,
+        tp_rank=0,
+        tp_size=1,
+        pp_rank=0,
+        pp_size=1,
+        dp_rank=rank,
+        dp_size=dp,
+        tp_group=None,
+        pp_group=None,
+        dp_group=None,
+    )

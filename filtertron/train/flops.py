@@ -20,4 +20,3 @@ def flops_per_token(cfg: ModelConfig) -> float:
     n_matmul = L * (4 * d * d + 2 * d * cfg.d_ff) + d * cfg.vocab_size
     l_eff = sum(2 if s.attention == "twicing" else 1 for s in layer_specs(cfg))
     return 6.0 * n_matmul + 12.0 * l_eff * cfg.seq_len * d
-

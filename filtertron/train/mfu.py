@@ -57,8 +57,12 @@ PEAK_FLOPS: tuple[tuple[str, dict[str, float], str], ...] = (
     ("V100", {"fp16": 125e12, "fp32": 15.7e12}, _V100),
     ("B200", {"bf16": 2.25e15, "fp16": 2.25e15}, _B200),
 )
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-           "tf32": torch.float32}
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "tf32": torch.float32,
+}
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,11 @@ _MEASURED: dict[tuple[str, str], float] = {}
 
 
 def measured_peak_flops(
-    dtype: str = "fp32", device: str | torch.device | None = None, n: int | None = None,
-    rounds: int = 5, seconds: float = 0.1,
+    dtype: str = "fp32",
+    device: str | torch.device | None = None,
+    n: int | None = None,
+    rounds: int = 5,
+    seconds: float = 0.1,
 ) -> float:
     """The best of ``rounds`` timings of square ``n`` x ``n`` matmuls in ``dtype``, FLOP/s.
 
@@ -139,8 +146,9 @@ def peak_for(cfg: RunConfig, device: torch.device) -> Peak:
         if found is not None:
             return found
     flops = measured_peak_flops(dtype, device)
-    return Peak(flops, dtype, f"measured {dtype} matmul on {device.type}, best of 5 rounds",
-                measured=True)
+    return Peak(
+        flops, dtype, f"measured {dtype} matmul on {device.type}, best of 5 rounds", measured=True
+    )
 
 
 def block_forward_flops(cfg: ModelConfig, twicing: bool) -> float:
@@ -169,8 +177,9 @@ class Utilization:
         devices: Number of devices the tokens/s are spread over.
     """
 
-    def __init__(self, model_flops: float, hardware_flops: float | None, peak: Peak,
-                 devices: int) -> None:
+    def __init__(
+        self, model_flops: float, hardware_flops: float | None, peak: Peak, devices: int
+    ) -> None:
         self.model_flops, self.hardware_flops = model_flops, hardware_flops
         self.peak, self.devices = peak, devices
         self.over = 0  # steps whose MFU or HFU came out above 100%
@@ -182,12 +191,16 @@ class Utilization:
         if p.source == "train.peak_flops":
             why = "train.peak_flops is below what this device reaches; set it to the device's peak"
         elif p.measured:
-            why = ("the measured peak under-estimates the device (a busy or shared machine, or "
-                   "a matmul shape slower than the model's); set train.peak_flops to its "
-                   "datasheet peak")
+            why = (
+                "the measured peak under-estimates the device (a busy or shared machine, or "
+                "a matmul shape slower than the model's); set train.peak_flops to its "
+                "datasheet peak"
+            )
         else:
-            why = ("the datasheet entry does not fit this device or dtype, or FLOPs per token "
-                   "are over-counted; set train.peak_flops")
+            why = (
+                "the datasheet entry does not fit this device or dtype, or FLOPs per token "
+                "are over-counted; set train.peak_flops"
+            )
         return f"{head}: {why}. Not logged as a number."
 
     def __call__(self, tokens_per_s: float) -> dict[str, float | None]:

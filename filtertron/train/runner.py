@@ -178,7 +178,7 @@ class PipelineRunner(Runner):
         if k:  # PipelineModule.forward: chunks of k local layers, if all are checkpointable
             chunks = range(0, len(pipe.forward_funcs), k)
             for start, ok in zip(chunks, pipe.is_checkpointable_results, strict=False):
-                for layer in pipe.forward_funcs[start:start + k] if ok else ():
+                for layer in pipe.forward_funcs[start : start + k] if ok else ():
                     if isinstance(layer, BlockPipe):
                         mine[int(layer.key)] = 1.0
         every = collectives.all_reduce(mine, "max", self.layout.pp_group)

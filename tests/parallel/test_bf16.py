@@ -28,9 +28,16 @@ LAYOUTS = {
 
 
 def _config(layout: dict, precision: str):
-    return tiny_config("model.residual.kind=generalized", f"train.precision={precision}",
-                       f"train.grad_accum={GAS}", f"train.micro_batch_size={MB}",
-                       "train.lr=1e-2", "train.warmup=0", "train.steps=3", **layout)
+    return tiny_config(
+        "model.residual.kind=generalized",
+        f"train.precision={precision}",
+        f"train.grad_accum={GAS}",
+        f"train.micro_batch_size={MB}",
+        "train.lr=1e-2",
+        "train.warmup=0",
+        "train.steps=3",
+        **layout,
+    )
 
 
 def _train(rank: int, world: int, cfg) -> dict:
@@ -71,4 +78,3 @@ def test_bf16_follows_fp32_on_every_layout():
             diffs = [abs(a - b) for a, b in zip(fp32["losses"], bf16["losses"], strict=True)]
             assert max(diffs) <= BF16_TOL, (name, rank, fp32["losses"], bf16["losses"])
             assert fp32["losses"] != bf16["losses"], (name, "bf16 did not change the numerics")
-

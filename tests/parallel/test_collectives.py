@@ -16,11 +16,30 @@ from tests.parallel.conftest import spawn
 PACKAGE = Path(__file__).resolve().parents[2] / "filtertron"
 ALLOWED = {PACKAGE / "parallel" / "collectives.py"}
 COLLECTIVES = {
-    "all_reduce", "all_reduce_coalesced", "all_gather", "all_gather_object",
-    "all_gather_into_tensor", "all_to_all", "all_to_all_single", "barrier", "monitored_barrier",
-    "broadcast", "broadcast_object_list", "gather", "gather_object", "reduce", "reduce_scatter",
-    "reduce_scatter_tensor", "scatter", "scatter_object_list", "send", "recv", "isend",
-    "irecv", "batch_isend_irecv", "inference_all_reduce",
+    "all_reduce",
+    "all_reduce_coalesced",
+    "all_gather",
+    "all_gather_object",
+    "all_gather_into_tensor",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "monitored_barrier",
+    "broadcast",
+    "broadcast_object_list",
+    "gather",
+    "gather_object",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "scatter",
+    "scatter_object_list",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "batch_isend_irecv",
+    "inference_all_reduce",
 }
 DIST_MODULES = {"torch.distributed", "deepspeed.comm"}
 
@@ -105,8 +124,12 @@ def _fake_nccl(monkeypatch, calls: list) -> None:
     def broadcast_object_list(box, src=0, group=None, device=None):
         calls.append(("broadcast_object_list", device))
 
-    for name, fn in [("all_reduce", all_reduce), ("all_gather", all_gather),
-                     ("barrier", barrier), ("broadcast_object_list", broadcast_object_list)]:
+    for name, fn in [
+        ("all_reduce", all_reduce),
+        ("all_gather", all_gather),
+        ("barrier", barrier),
+        ("broadcast_object_list", broadcast_object_list),
+    ]:
         monkeypatch.setattr(dist, name, fn)
 
 

@@ -23,9 +23,15 @@ def _job(rank: int, world: int, parallel: dict) -> dict:
     out: dict = {}
     for compiled in (False, True):
         groups.mpu = None
-        cfg = tiny_config("model.residual.kind=generalized", f"train.compile={compiled}",
-                          f"train.grad_accum={GAS}", f"train.micro_batch_size={MB}",
-                          "train.lr=1e-2", "train.warmup=0", **parallel)
+        cfg = tiny_config(
+            "model.residual.kind=generalized",
+            f"train.compile={compiled}",
+            f"train.grad_accum={GAS}",
+            f"train.micro_batch_size={MB}",
+            "train.lr=1e-2",
+            "train.warmup=0",
+            **parallel,
+        )
         torch.manual_seed(cfg.train.seed)
         runner = parallelize(build_model(cfg.model), cfg, layout_for(cfg, world))
         frames = counters["frames"]["ok"]
@@ -35,8 +41,9 @@ def _job(rank: int, world: int, parallel: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("parallel", [{"tp": 2, "zero_stage": 1}, {"pp": 2, "zero_stage": 1}],
-                         ids=["tp2", "pp2"])
+@pytest.mark.parametrize(
+    "parallel", [{"tp": 2, "zero_stage": 1}, {"pp": 2, "zero_stage": 1}], ids=["tp2", "pp2"]
+)
 def test_compiled_matches_eager(parallel):
     for r in spawn(_job, 2, parallel, timeout=900):
         assert r["frames_True"] > 0 and r["frames_False"] == 0

@@ -19,8 +19,11 @@ def _resolve(module: str, dotted: str):
     return obj
 
 
-@pytest.mark.parametrize("module,attr", dw.RELIES_ON + megatron_cpu.RELIES_ON,
-                         ids=lambda x: x if isinstance(x, str) else None)
+@pytest.mark.parametrize(
+    "module,attr",
+    dw.RELIES_ON + megatron_cpu.RELIES_ON,
+    ids=lambda x: x if isinstance(x, str) else None,
+)
 def test_relied_on_attribute_exists(module, attr):
     assert _resolve(module, attr) is not None, f"{module}.{attr} disappeared"
 
@@ -58,7 +61,8 @@ def test_shm_name_matches_deepspeeds_source():
     assert '"%s_%d_%s_%s",\n             SHM_BUFFER_NAME,\n             getuid(),' in src
     assert 'snprintf(shm_name, NAME_BUF_SIZE, "%s_%d", shm_name_prefix, rank);' in src
     assert dw.shm_buffer_name("127.0.0.1", 29500, 1, uid=0) == (
-        "deepspeed_allreduce_buffer_0_127.0.0.1_29500_1")
+        "deepspeed_allreduce_buffer_0_127.0.0.1_29500_1"
+    )
 
 
 def test_shm_clean_up_removes_only_this_runs_buffers(tmp_path, monkeypatch):

@@ -72,13 +72,23 @@ def _layout_and_shim_job(rank: int, world: int) -> dict:
     torch.manual_seed(7)
     x = torch.arange(4.0).view(2, 2) + 10 * layout.tp_rank
     gathered = mtp.gather_from_sequence_parallel_region(x, group=layout.tp_group)
-    scattered = mtp.reduce_scatter_to_sequence_parallel_region(gathered.clone(),
-                                                               group=layout.tp_group)
-    return {"tp": (layout.tp_rank, layout.tp_size), "pp": (layout.pp_rank, layout.pp_size),
-            "dp": (layout.dp_rank, layout.dp_size), "mpu_dp": layout.mpu.get_data_parallel_rank(),
-            "buf_device": str(buf.device), "before": before, "forked": forked,
-            "after": after, "fresh": torch.rand(6), "gathered": gathered,
-            "scattered": scattered, "active": megatron_cpu.status().active}
+    scattered = mtp.reduce_scatter_to_sequence_parallel_region(
+        gathered.clone(), group=layout.tp_group
+    )
+    return {
+        "tp": (layout.tp_rank, layout.tp_size),
+        "pp": (layout.pp_rank, layout.pp_size),
+        "dp": (layout.dp_rank, layout.dp_size),
+        "mpu_dp": layout.mpu.get_data_parallel_rank(),
+        "buf_device": str(buf.device),
+        "before": before,
+        "forked": forked,
+        "after": after,
+        "fresh": torch.rand(6),
+        "gathered": gathered,
+        "scattered": scattered,
+        "active": megatron_cpu.status().active,
+    }
 
 
 @pytest.mark.distributed

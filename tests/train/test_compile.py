@@ -30,8 +30,9 @@ def _losses(out) -> list[float]:
 def test_compiled_training_matches_eager(dataset, tmp_path, case):
     common = {"train.steps": STEPS, "train.save_every": 0, **CASES[case]}
     Trainer(tiny_config(dataset, tmp_path / "eager", **common)).run()
-    compiled = Trainer(tiny_config(dataset, tmp_path / "compiled", **common,
-                                   **{"train.compile": True}))
+    compiled = Trainer(
+        tiny_config(dataset, tmp_path / "compiled", **common, **{"train.compile": True})
+    )
     assert compiled.model._compiled_call_impl is not None  # nn.Module.compile ran
     from torch._dynamo.utils import counters
 

@@ -30,11 +30,17 @@ print(json.dumps({"backend": tr.dist.backend, "device": str(p.device),
 
 def test_trainer_steps_on_cuda_with_nccl(dataset, tmp_path):
     out = tmp_path / "run"
-    overrides = tiny_overrides(dataset, out, **{"train.steps": 4, "eval.every": 2,
-                                                "train.save_every": 2})
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT / "configs/tiny.yaml"),
-                           *overrides], env=launcher_env(), capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+    overrides = tiny_overrides(
+        dataset, out, **{"train.steps": 4, "eval.every": 2, "train.save_every": 2}
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(ROOT / "configs/tiny.yaml"), *overrides],
+        env=launcher_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["backend"] == "nccl" and info["device"].startswith("cuda")

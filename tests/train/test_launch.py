@@ -62,8 +62,15 @@ def test_sigkill_then_resume_matches_uninterrupted(dataset, tmp_path):
     check(run_launcher(train_args(dataset, ref_dir, **extra)))
     out = tmp_path / "killed"
     killed_port, resume_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "filtertron.cli", "train", *train_args(dataset, out, **extra),
-           "--master-port", str(killed_port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "filtertron.cli",
+        "train",
+        *train_args(dataset, out, **extra),
+        "--master-port",
+        str(killed_port),
+    ]
     proc = subprocess.Popen(
         cmd,
         env=launcher_env(),
@@ -82,8 +89,11 @@ def test_sigkill_then_resume_matches_uninterrupted(dataset, tmp_path):
     killed_at = max(last_losses(out))
     assert killed_at < 30, "the run finished before it could be killed"
     assert shm_names(killed_port) == []  # unlinked once mapped: SIGKILL leaves nothing
-    check(run_launcher(train_args(dataset, out, **extra) + ["--resume", "--master-port",
-                                                            str(resume_port)]))
+    check(
+        run_launcher(
+            train_args(dataset, out, **extra) + ["--resume", "--master-port", str(resume_port)]
+        )
+    )
     ref, got = last_losses(ref_dir), last_losses(out)
     assert sorted(got) == list(range(1, 31))
     assert [got[s] for s in range(7, 31)] == [ref[s] for s in range(7, 31)]

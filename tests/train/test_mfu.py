@@ -59,8 +59,9 @@ def test_peak_sources_in_order(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
     assert mfu.peak_for(cfg, torch.device("cuda", 0)).flops == 756e12
     seen = []
-    monkeypatch.setattr(mfu, "measured_peak_flops", lambda dtype, device: seen.append(
-        (dtype, device)) or 1e11)
+    monkeypatch.setattr(
+        mfu, "measured_peak_flops", lambda dtype, device: seen.append((dtype, device)) or 1e11
+    )
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some New GPU")
     peak = mfu.peak_for(cfg, torch.device("cuda", 0))
     assert peak.measured and peak.flops == 1e11 and seen == [("bf16", torch.device("cuda", 0))]
@@ -104,16 +105,27 @@ def _hand_flops(d: int, T: int, V: int, L: int, recomputed: int) -> tuple[float,
 
 
 def test_hardware_flops_count_the_recomputed_forwards():
-    cfg = load_config(None, ["model.n_layers=3", "model.d_model=64", "model.seq_len=32",
-                             "model.vocab_size=512"]).model
+    cfg = load_config(
+        None, ["model.n_layers=3", "model.d_model=64", "model.seq_len=32", "model.vocab_size=512"]
+    ).model
     model, hardware = _hand_flops(64, 32, 512, 3, 2)
     assert mfu.hardware_flops_per_token(cfg, [0, 2]) == hardware
     assert mfu.hardware_flops_per_token(cfg, []) == model
-    twice = load_config(None, ["model.n_layers=3", "model.d_model=64", "model.seq_len=32",
-                               "model.vocab_size=512", "model.attention.kind=twicing"]).model
+    twice = load_config(
+        None,
+        [
+            "model.n_layers=3",
+            "model.d_model=64",
+            "model.seq_len=32",
+            "model.vocab_size=512",
+            "model.attention.kind=twicing",
+        ],
+    ).model
     # a twicing block's recomputed forward has two attention passes
-    assert (mfu.hardware_flops_per_token(twice, [1]) - mfu.hardware_flops_per_token(twice, [])
-            == 2 * (4 * 64 * 64 + 8 * 64 * 64) + 2 * 4 * 32 * 64)
+    assert (
+        mfu.hardware_flops_per_token(twice, [1]) - mfu.hardware_flops_per_token(twice, [])
+        == 2 * (4 * 64 * 64 + 8 * 64 * 64) + 2 * 4 * 32 * 64
+    )
 
 
 def _rows(out):
@@ -126,11 +138,15 @@ def test_trainer_logs_no_mfu_above_one_and_warns(dataset, tmp_path, caplog):
         Trainer(low).run()
     steps = [r for r in _rows(tmp_path / "low") if "loss" in r]
     assert len(steps) == 3 and all(r["mfu"] is None for r in steps)
-    assert any("MFU" in r.getMessage() and "train.peak_flops is below" in r.getMessage()
-               for r in caplog.records)
-    high = tiny_config(dataset, tmp_path / "high",
-                       **{"train.steps": 3, "train.peak_flops": 1e15,
-                          "train.activation_checkpointing": "every"})
+    assert any(
+        "MFU" in r.getMessage() and "train.peak_flops is below" in r.getMessage()
+        for r in caplog.records
+    )
+    high = tiny_config(
+        dataset,
+        tmp_path / "high",
+        **{"train.steps": 3, "train.peak_flops": 1e15, "train.activation_checkpointing": "every"},
+    )
     Trainer(high).run()
     model, hardware = _hand_flops(64, 32, 512, 2, 2)
     for r in (r for r in _rows(tmp_path / "high") if "loss" in r):

@@ -23,8 +23,7 @@ def shm_names(port: int) -> list[str]:
 
 def args(dataset, out, port, *extra, **overrides):
     argv = ["configs/tiny.yaml", "--nproc", "2", "--master-port", str(port), *extra]
-    for o in tiny_overrides(dataset, out, **{"train.steps": 3, "train.log_every": 1,
-                                             **overrides}):
+    for o in tiny_overrides(dataset, out, **{"train.steps": 3, "train.log_every": 1, **overrides}):
         argv += ["--set", o]
     return argv
 
@@ -79,8 +78,14 @@ def test_garbage_idx_is_one_line(dataset, tmp_path):
     (bad / "validation.idx").write_bytes(b"not an index" * 10)
     argv = args(bad, tmp_path / "run", free_port())
     argv[argv.index("--nproc") + 1] = "1"
-    proc = subprocess.run([sys.executable, "-m", "filtertron.cli", "train", *argv],
-                          env=launcher_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "filtertron.cli", "train", *argv],
+        env=launcher_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
     lines = [x for x in (proc.stdout + proc.stderr).splitlines() if x.strip()]
     assert len(lines) == 1 and "data error" in lines[0] and "validation.idx" in lines[0], lines

@@ -20,11 +20,11 @@ from filtertron.parallel import collectives
 from filtertron.parallel.distributed import init_distributed
 
 info = init_distributed()
-values = [0.1, 2.0**60 + 1.0, 3.0]  # float64: 2**60 + 1 is exact, float32 would lose the 1
+values = [0.1, 2.0**40 + 1.0, 3.0]  # float64 holds 2**40 + 1 exactly; float32 would not
 out = all_reduce_sums(values)
 t = collectives.all_reduce(torch.arange(3, dtype=torch.float64))  # a CPU tensor on NCCL
-print(json.dumps({"backend": info.backend, "device": str(collectives.device_for()),
-                  "sums": out, "exact": out[1] == 2.0**60 + 1.0, "cpu_back": str(t.device),
+print("RESULT " + json.dumps({"backend": info.backend, "device": str(collectives.device_for()),
+                  "sums": out, "exact": out[1] == 2.0**40 + 1.0, "cpu_back": str(t.device),
                   "t": t.tolist()}))
 """
 
@@ -44,9 +44,9 @@ def test_eval_reduction_on_cuda_with_nccl():
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
     assert r["backend"] == "nccl" and r["device"].startswith("cuda")
-    assert r["sums"] == [0.1, 2.0**60 + 1.0, 3.0] and r["exact"]
+    assert r["sums"] == [0.1, 2.0**40 + 1.0, 3.0] and r["exact"]
     assert r["cpu_back"] == "cpu" and r["t"] == [0.0, 1.0, 2.0]
 
 

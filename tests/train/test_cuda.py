@@ -23,7 +23,7 @@ cfg = load_config(sys.argv[1], sys.argv[2:])
 tr = Trainer(cfg)
 final = tr.run()
 p = next(tr.runner.module.parameters())
-print(json.dumps({"backend": tr.dist.backend, "device": str(p.device),
+print("RESULT " + json.dumps({"backend": tr.dist.backend, "device": str(p.device),
                   "runner_device": str(tr.runner.device), "val_loss": final["val_loss"]}))
 """
 
@@ -42,7 +42,7 @@ def test_trainer_steps_on_cuda_with_nccl(dataset, tmp_path):
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
     assert info["backend"] == "nccl" and info["device"].startswith("cuda")
     assert info["runner_device"].startswith("cuda")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -158,7 +158,7 @@ def test_peak_flops_accepts_exponent_notation():
     from filtertron.config import ConfigError
 
     assert load_config(None, ["train.peak_flops=989e12"]).train.peak_flops == 989e12
-    with pytest.raises(ConfigError, match=r"train.peak_flops='fast': expected a number"):
+    with pytest.raises(ConfigError, match=r"train.peak_flops='fast': expected one of float"):
         load_config(None, ["train.peak_flops=fast"])
     with pytest.raises(ConfigError, match=r"train.peak_flops=-1.0: must be positive"):
         load_config(None, ["train.peak_flops=-1"])

@@ -77,3 +77,17 @@ def test_shm_clean_up_removes_only_this_runs_buffers(tmp_path, monkeypatch):
     assert dw.unlink_shm_buffer(1, {k: v for k, v in env.items() if k != "LOCAL_SIZE"}) is False
     assert dw.remove_shm_buffers("127.0.0.1", 4242) == [mine[0].name]
     assert other.exists()
+
+
+def test_grads_finite_sees_nan_and_inf_but_not_large_values():
+    import torch
+
+    params = [torch.nn.Parameter(torch.randn(3, 3)), torch.nn.Parameter(torch.randn(4))]
+    opt = torch.optim.SGD(params, lr=1.0)
+    assert dw.grads_finite(opt)  # no gradients yet
+    for p in params:
+        p.grad = torch.full_like(p, 3e38)  # finite; its 2-norm would overflow float32
+    assert dw.grads_finite(opt)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        params[1].grad[2] = bad
+        assert not dw.grads_finite(opt), bad

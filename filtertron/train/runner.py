@@ -120,6 +120,12 @@ class Runner:
 class EngineRunner(Runner):
     """DeepSpeed's plain engine: ZeRO 0-3 data parallelism, optionally tensor parallel."""
 
+    def __init__(self, engine: Any, cfg: RunConfig, layout: ParallelLayout, *args, **kwargs):
+        super().__init__(engine, cfg, layout, *args, **kwargs)
+        deepspeed_workarounds.skip_single_rank_allreduce(
+            engine, layout.dp_size, cfg.parallel.zero_stage
+        )
+
     def feed(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         device = self.device
         for batch in batches:

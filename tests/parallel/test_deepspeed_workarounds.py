@@ -43,6 +43,8 @@ def test_instance_attributes_the_workarounds_replace():
     src = inspect.getsource(engine.DeepSpeedEngine)
     assert "self.basic_optimizer = basic_optimizer" in src
     assert "self.clip_fp32_gradients()" in src  # the call record_fp32_clip_norm intercepts
+    # skip_single_rank_allreduce: the flag both gradient all-reduce call sites read
+    assert src.count("if self.enable_backward_allreduce and not self.inside_no_sync_ctxt:") == 2
     pipe_src = inspect.getsource(module)
     assert "self._layer_specs = list(layers)" in pipe_src
     assert "self.module_args = module_args" in pipe_src
@@ -91,3 +93,12 @@ def test_grads_finite_sees_nan_and_inf_but_not_large_values():
     for bad in (float("nan"), float("inf"), float("-inf")):
         params[1].grad[2] = bad
         assert not dw.grads_finite(opt), bad
+
+
+def test_single_rank_allreduce_is_skipped_only_without_zero_and_data_parallelism():
+    from types import SimpleNamespace
+
+    for dp, stage, skipped in [(1, 0, True), (2, 0, False), (1, 1, False), (1, 3, False)]:
+        engine = SimpleNamespace(enable_backward_allreduce=True)
+        assert dw.skip_single_rank_allreduce(engine, dp, stage) is skipped
+        assert engine.enable_backward_allreduce is not skipped

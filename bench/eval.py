@@ -72,7 +72,7 @@ def main() -> int:
 
     from filtertron.config import load_config
     from filtertron.eval import long_context as lc
-    from filtertron.eval.cli import TOKENS_PER_BATCH
+    from filtertron.eval.evaluate import TOKENS_PER_BATCH
     from filtertron.eval.perplexity import score, sliding_windows
     from filtertron.model import build_model
 
@@ -82,10 +82,13 @@ def main() -> int:
     impl = lc.resolve_impl(args.impl, cfg)
     model = lc.with_impl(build_model(cfg).eval(), impl)
     stream = np.random.default_rng(0).integers(0, cfg.vocab_size, max(args.tokens, *lengths) + 1)
-    print(f"{Path(args.config).name}: {cfg.n_layers} layers, d_model {cfg.d_model}, "
-          f"{cfg.n_heads} heads, {cfg.attention.kind} + {cfg.position} positions, trained at "
-          f"{cfg.seq_len}; impl {impl}, {torch.get_num_threads()} threads; {args.tokens} scored "
-          f"tokens per throughput run, best of {args.repeats}", flush=True)
+    print(
+        f"{Path(args.config).name}: {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"{cfg.n_heads} heads, {cfg.attention.kind} + {cfg.position} positions, trained at "
+        f"{cfg.seq_len}; impl {impl}, {torch.get_num_threads()} threads; {args.tokens} scored "
+        f"tokens per throughput run, best of {args.repeats}",
+        flush=True,
+    )
     mem = {}
     for L in lengths:
         one = sliding_windows(L, L)
@@ -99,28 +102,34 @@ def main() -> int:
     for _ in range(args.repeats):
         for L in lengths:
             t0 = time.perf_counter()
-            tot = score(model, stream, sliding_windows(args.tokens, L),
-                        max(1, TOKENS_PER_BATCH // L))
+            tot = score(
+                model, stream, sliding_windows(args.tokens, L), max(1, TOKENS_PER_BATCH // L)
+            )
             best[L] = min(best[L], time.perf_counter() - t0)
             tokens[L] = tot.tokens
     speed = {L: tokens[L] / best[L] for L in lengths}
     for L in lengths:
         peak, rss, exact = mem[L]
-        print(f"L={L:>6}  batch={max(1, TOKENS_PER_BATCH // L):>2}  {speed[L]:>8.0f} tokens/s "
-              f"({best[L]:.2f} s)  peak +{peak:7.1f} MB over {rss:.0f} MB resident (one window"
-              f"{'' if exact else '; VmHWM reset unavailable: not measured'})")
+        print(
+            f"L={L:>6}  batch={max(1, TOKENS_PER_BATCH // L):>2}  {speed[L]:>8.0f} tokens/s "
+            f"({best[L]:.2f} s)  peak +{peak:7.1f} MB over {rss:.0f} MB resident (one window"
+            f"{'' if exact else '; VmHWM reset unavailable: not measured'})"
+        )
     if len(lengths) < 2:
         return 0
     lo, mid, hi = lengths[0], lengths[-2], lengths[-1]
     lin = hi / mid
     ratio = mem[hi][0] / mem[mid][0]
     ok_mem = ratio <= lin
-    print(f"memory      L={hi} / L={mid}: {ratio:.2f}x (linear {lin:.2f}x, quadratic "
-          f"{lin * lin:.0f}x; target <= {lin:.2f}x)  {'PASS' if ok_mem else 'FAIL'}")
+    print(
+        f"memory      L={hi} / L={mid}: {ratio:.2f}x (linear {lin:.2f}x, quadratic "
+        f"{lin * lin:.0f}x; target <= {lin:.2f}x)  {'PASS' if ok_mem else 'FAIL'}"
+    )
     thr = speed[hi] / speed[lo]
     ok_thr = thr >= 0.25
-    print(f"throughput  L={hi} / L={lo}: {thr:.3f} (target >= 0.25)  "
-          f"{'PASS' if ok_thr else 'FAIL'}")
+    print(
+        f"throughput  L={hi} / L={lo}: {thr:.3f} (target >= 0.25)  {'PASS' if ok_thr else 'FAIL'}"
+    )
     return 0 if ok_mem and ok_thr else 1
 
 

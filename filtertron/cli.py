@@ -9,28 +9,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 SUBCOMMANDS = {
-    "prepare": ("filtertron.data.prepare", "tokenize a corpus into Megatron .bin/.idx datasets"),
+    "prepare": ("filtertron.data.cli", "tokenize a corpus into Megatron .bin/.idx datasets"),
     "train": ("filtertron.train.cli", "train a model from a YAML config (DeepSpeed)"),
     "eval": ("filtertron.eval.cli", "perplexity, long context, robustness and diagnostics"),
-    "convert": ("filtertron.parallel.convert", "consolidate or reshard a checkpoint"),
+    "convert": ("filtertron.checkpoint.cli", "consolidate or reshard a checkpoint"),
     "demo": ("filtertron.demo", "the end-to-end demo on the bundled sample corpus"),
 }
 
 
 def configure_logging() -> None:
-    """INFO for filtertron, WARNING for the libraries' chatter; one format for all."""
-    import warnings
+    """The console's logging before a subcommand names its log directory (see
+    :mod:`filtertron.logs`: filtertron's lines and every error, not the libraries' chatter)."""
+    from filtertron import logs
 
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
-    logging.getLogger("filtertron").setLevel(logging.INFO)
-    # torch.distributed deprecation notices from inside DeepSpeed's ZeRO, once per call.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    logs.setup(None)
 
 
 def main(argv: list[str] | None = None) -> int:

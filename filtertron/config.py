@@ -247,7 +247,9 @@ class TrainConfig:
     activation_checkpointing: Literal["none", "every"] | int = "none"
     compile: bool = False
     max_bad_steps: int = 5
-    peak_flops: float | None = None  # per device; None: measured matmul peak
+    # Dense peak FLOP/s of one device in the training dtype, for MFU; None: the device
+    # table of filtertron.train.mfu, else a measured matmul peak.
+    peak_flops: float | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -268,6 +270,8 @@ class TrainConfig:
             _fail("warmup", self.warmup, "must be >= 0")
         if self.save_every < 0:
             _fail("save_every", self.save_every, "must be >= 0")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            _fail("peak_flops", self.peak_flops, "must be positive (FLOP/s of one device)")
         if isinstance(self.activation_checkpointing, int) and self.activation_checkpointing < 1:
             _fail(
                 "activation_checkpointing",
@@ -282,9 +286,11 @@ class DataConfig:
     weights: list[float] | None = None  # blending weights, one per path
     train_split: str = "train"
     valid_split: str = "validation"
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes per rank (0: load in the trainer)
 
     def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            _fail("num_workers", self.num_workers, "must be >= 0")
         if self.weights is not None:
             if len(self.weights) != len(self.paths):
                 _fail("weights", self.weights, f"needs one weight per path ({len(self.paths)})")
@@ -299,8 +305,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     every: int = 0  # validation every N steps; 0: only at the end
-    batches: int = 8
-    stride: int | None = None
+    batches: int = 8  # validation micro-batches (per data-parallel rank)
 
     def __post_init__(self) -> None:
         if self.every < 0:
@@ -319,15 +324,36 @@ class RunConfig:
     deepspeed: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.parallel.tp > 1 and self.model.n_heads % self.parallel.tp:
+        # Rules that span sections; each is checked here only (the parallel code trusts them).
+        p, m = self.parallel, self.model
+        if p.tp > 1 and m.n_heads % p.tp:
             _fail(
-                "parallel.tp", self.parallel.tp, f"must divide model.n_heads={self.model.n_heads}"
+                "parallel.tp",
+                p.tp,
+                f"must divide model.n_heads={m.n_heads} (each tensor-parallel rank holds "
+                "whole heads)",
             )
-        if self.parallel.pp > self.model.n_layers:
+        if p.pp > m.n_layers:
             _fail(
                 "parallel.pp",
-                self.parallel.pp,
-                f"cannot exceed model.n_layers={self.model.n_layers}",
+                p.pp,
+                f"cannot exceed model.n_layers={m.n_layers} (each pipeline stage needs at "
+                "least one block)",
+            )
+        if p.sequence_parallel and m.seq_len % p.tp:
+            _fail(
+                "parallel.sequence_parallel",
+                True,
+                f"with parallel.tp={p.tp} needs model.seq_len={m.seq_len} divisible by tp",
+            )
+        if p.pp > 1 and p.zero_stage == 0 and self.train.precision == "bf16":
+            # DeepSpeed 0.19.8: bf16 pipeline checkpoints of ZeRO stage 0 do not load back
+            # (KeyError in bf16_optimizer), so such a run could never resume.
+            _fail(
+                "parallel.zero_stage",
+                0,
+                "bf16 with parallel.pp > 1 needs ZeRO-1 (DeepSpeed cannot reload a ZeRO-0 "
+                "bf16 pipeline checkpoint); set parallel.zero_stage: 1",
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -384,6 +410,12 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             _fail(name, value, "expected an integer")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "989e12" (no dot, no sign) as a string; accept what float() reads
+            try:
+                value = float(value)
+            except ValueError:
+                _fail(name, value, "expected a number")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(name, value, "expected a number")
         if not math.isfinite(value):

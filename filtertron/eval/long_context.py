@@ -72,11 +72,13 @@ def check_length(cfg: ModelConfig, length: int, where: str = "model") -> None:
             f"(model.seq_len={cfg.seq_len}, position=learned); learned absolute positions "
             f"cannot represent longer contexts, and filtertron does not truncate silently. "
             f"Evaluate at lengths <= {cfg.seq_len}, or use a model with "
-            f"{'/'.join(ANY_LENGTH_POSITIONS)} positions or bilateral attention.")
+            f"{'/'.join(ANY_LENGTH_POSITIONS)} positions or bilateral attention."
+        )
 
 
-def resolve_impl(requested: str, cfg: ModelConfig, needs_grad: bool = False,
-                 device: str = "cpu") -> str:
+def resolve_impl(
+    requested: str, cfg: ModelConfig, needs_grad: bool = False, device: str = "cpu"
+) -> str:
     """The attention implementation to evaluate with, as an explicit name.
 
     ``auto`` keeps the checkpoint's implementation when it is a fused one (``sdpa``;
@@ -104,8 +106,9 @@ def resolve_impl(requested: str, cfg: ModelConfig, needs_grad: bool = False,
     if own == "sdpa" or (own == "flex" and not (needs_grad and device == "cpu")):
         return own
     att = cfg.attention
-    choice = functional.resolve_impl("auto", torch.device(device), att.kind, att.twicing.base,
-                                     needs_grad, False)
+    choice = functional.resolve_impl(
+        "auto", torch.device(device), att.kind, att.twicing.base, needs_grad, False
+    )
     return FUSED_DEFAULT if choice == "reference" else choice
 
 
@@ -113,7 +116,8 @@ def with_impl(model: nn.Module, impl: str) -> nn.Module:
     """The same model (same weights) with another attention implementation.
 
     Returns ``model`` itself when it already uses ``impl``; otherwise builds a new model from
-    the config with ``attention.impl`` replaced and loads the state dict.
+    the config with ``attention.impl`` replaced, on ``model``'s device, and loads the state
+    dict.
     """
     from filtertron.model import build_model
 
@@ -121,6 +125,6 @@ def with_impl(model: nn.Module, impl: str) -> nn.Module:
     if cfg.attention.impl == impl:
         return model
     new_cfg = dataclasses.replace(cfg, attention=dataclasses.replace(cfg.attention, impl=impl))
-    new = build_model(new_cfg)
+    new = build_model(new_cfg).to(next(model.parameters()).device)
     new.load_state_dict(model.state_dict())
     return new.eval()

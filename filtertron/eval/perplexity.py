@@ -69,8 +69,10 @@ def sliding_windows(num_targets: int, length: int, stride: int | None = None) ->
     if length < 1:
         raise ValueError(f"length: expected >= 1, got {length}")
     if not 1 <= stride <= length:
-        raise ValueError(f"stride: expected 1 <= stride <= length={length}, got {stride} "
-                         "(a stride above the length would leave tokens unscored)")
+        raise ValueError(
+            f"stride: expected 1 <= stride <= length={length}, got {stride} "
+            "(a stride above the length would leave tokens unscored)"
+        )
     windows, prev_end, begin = [], 0, 0
     while prev_end < num_targets:
         end = min(begin + length, num_targets)
@@ -96,8 +98,9 @@ class Span:
         return max(len(self.tokens) - 1, 0)
 
 
-def load_span(dataset_dir: str | os.PathLike, split: str = "test",
-              max_tokens: int | None = None) -> Span:
+def load_span(
+    dataset_dir: str | os.PathLike, split: str = "test", max_tokens: int | None = None
+) -> Span:
     """The stream to score: a whole split, or its longest prefix of whole documents.
 
     A whole split takes its word and byte counts from the metadata. A prefix
@@ -118,13 +121,21 @@ def load_span(dataset_dir: str | os.PathLike, split: str = "test",
     meta = ds.metadata
     common = {"tokenizer_hash": ds.tokenizer_hash, "vocab_size": ds.vocab_size}
     if max_tokens is None or max_tokens >= ds.num_tokens:
-        return Span(np.asarray(ds.tokens(0, ds.num_tokens), dtype=np.int64), int(meta["words"]),
-                    int(meta["bytes"]), ds.num_documents, True, **common)
+        return Span(
+            np.asarray(ds.tokens(0, ds.num_tokens), dtype=np.int64),
+            int(meta["words"]),
+            int(meta["bytes"]),
+            ds.num_documents,
+            True,
+            **common,
+        )
     ends = np.cumsum(np.asarray(ds.indexed.sequence_lengths, dtype=np.int64))
     n_docs = int(np.searchsorted(ends, max_tokens, side="right"))
     if n_docs == 0:
-        raise ValueError(f"--max-tokens {max_tokens}: the first document of {split} alone has "
-                         f"{int(ends[0])} tokens; prefixes are cut at document boundaries")
+        raise ValueError(
+            f"--max-tokens {max_tokens}: the first document of {split} alone has "
+            f"{int(ends[0])} tokens; prefixes are cut at document boundaries"
+        )
     tok = load_tokenizer(Path(dataset_dir))
     words = nbytes = 0
     for i in range(n_docs):
@@ -165,8 +176,9 @@ class Batch:
     score_from: int
 
 
-def nll_from_hidden(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                    score_from: int = 0) -> torch.Tensor:
+def nll_from_hidden(
+    model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, score_from: int = 0
+) -> torch.Tensor:
     """Per-window NLL sums of the scored positions, from final hidden states.
 
     The LM head and the model's criterion run on chunks of positions so that at most
@@ -186,15 +198,16 @@ def nll_from_hidden(model: nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     step = max(1, LOGIT_CHUNK // max(1, B * model.lm_head.out_features))
     total = torch.zeros(B, dtype=torch.float64, device=hidden.device)
     for i in range(0, S, step):
-        logits = model.lm_head(h[:, i:i + step])  # (B, chunk, V)
-        total += model.criterion(logits, tg[:, i:i + step], "none").double().sum(-1)
+        logits = model.lm_head(h[:, i : i + step])  # (B, chunk, V)
+        total += model.criterion(logits, tg[:, i : i + step], "none").double().sum(-1)
     return total
 
 
 def window_nll(model: nn.Module, batch: Batch) -> torch.Tensor:
     """The clean scorer: (B,) float64 NLL sums of a batch's scored targets."""
-    return nll_from_hidden(model, model.hidden_states(batch.inputs), batch.targets,
-                           batch.score_from)
+    return nll_from_hidden(
+        model, model.hidden_states(batch.inputs), batch.targets, batch.score_from
+    )
 
 
 Scorer = Callable[[nn.Module, Batch], torch.Tensor]
@@ -206,13 +219,15 @@ def batches(stream: np.ndarray, windows: list[Window], batch_size: int) -> Itera
 
     def emit() -> Batch:
         w0 = group[0]
-        rows = np.stack([stream[w.start:w.start + w.length + 1] for w in group])
+        rows = np.stack([stream[w.start : w.start + w.length + 1] for w in group])
         ids = torch.from_numpy(rows.astype(np.int64))
         return Batch(ids[:, :-1], ids[:, 1:], np.array([w.start for w in group]), w0.score_from)
 
     for w in windows:
-        if group and ((w.length, w.score_from) != (group[0].length, group[0].score_from)
-                      or len(group) == batch_size):
+        if group and (
+            (w.length, w.score_from) != (group[0].length, group[0].score_from)
+            or len(group) == batch_size
+        ):
             yield emit()
             group = []
         group.append(w)
@@ -221,14 +236,11 @@ def batches(stream: np.ndarray, windows: list[Window], batch_size: int) -> Itera
 
 
 def all_reduce_sums(values: list[float]) -> list[float]:
-    """Sum float64 values over the default process group (identity without one)."""
-    import torch.distributed as dist
+    """Sum float64 values over the default process group (identity without one); the tensor
+    goes to the backend's device (CUDA under NCCL), see :mod:`filtertron.parallel.collectives`."""
+    from filtertron.parallel import collectives
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
+    return collectives.all_reduce_floats(values, "sum")
 
 
 @torch.no_grad()
@@ -236,9 +248,17 @@ def _no_grad_score(scorer: Scorer, model: nn.Module, batch: Batch) -> torch.Tens
     return scorer(model, batch)
 
 
-def score(model: nn.Module, stream: np.ndarray, windows: list[Window], batch_size: int = 1,
-          scorer: Scorer = window_nll, rank: int = 0, world: int = 1,
-          progress: bool | str = False, needs_grad: bool = False) -> Totals:
+def score(
+    model: nn.Module,
+    stream: np.ndarray,
+    windows: list[Window],
+    batch_size: int = 1,
+    scorer: Scorer = window_nll,
+    rank: int = 0,
+    world: int = 1,
+    progress: bool | str = False,
+    needs_grad: bool = False,
+) -> Totals:
     """Sum the NLL of every window's scored targets; this rank takes every ``world``-th window.
 
     Args:
@@ -256,12 +276,21 @@ def score(model: nn.Module, stream: np.ndarray, windows: list[Window], batch_siz
         The global :class:`Totals` (identical on every rank).
     """
     mine = windows[rank::world]
-    bar = tqdm(total=sum(w.scored for w in mine), unit="tok", unit_scale=True, leave=False,
-               desc=progress if isinstance(progress, str) else None,
-               disable=not progress or rank != 0)
+    bar = tqdm(
+        total=sum(w.scored for w in mine),
+        unit="tok",
+        unit_scale=True,
+        leave=False,
+        desc=progress if isinstance(progress, str) else None,
+        disable=not progress or rank != 0,
+    )
     nll, count = 0.0, 0
     model.eval()
+    device = next(model.parameters()).device
     for batch in batches(stream, mine, batch_size):
+        batch = Batch(
+            batch.inputs.to(device), batch.targets.to(device), batch.starts, batch.score_from
+        )
         sums = scorer(model, batch) if needs_grad else _no_grad_score(scorer, model, batch)
         nll += float(sums.sum())
         n = batch.inputs.shape[0] * (batch.inputs.shape[1] - batch.score_from)

@@ -57,8 +57,15 @@ def contamination_mask(positions: np.ndarray, rate: float, seed: int = 0) -> np.
     return u < rate
 
 
-def contaminate(inputs: torch.Tensor, starts: np.ndarray, rate: float, mode: str = "fixed",
-                token: int = 0, vocab_size: int | None = None, seed: int = 0) -> torch.Tensor:
+def contaminate(
+    inputs: torch.Tensor,
+    starts: np.ndarray,
+    rate: float,
+    mode: str = "fixed",
+    token: int = 0,
+    vocab_size: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
     """Contaminated copy of a batch of input windows.
 
     Args:
@@ -74,22 +81,23 @@ def contaminate(inputs: torch.Tensor, starts: np.ndarray, rate: float, mode: str
         (B, T) ids; the targets of the windows are not touched.
     """
     if mode not in CONTAMINATION_MODES:
-        raise ValueError(f"contamination mode: expected one of {CONTAMINATION_MODES}, "
-                         f"got {mode!r}")
+        raise ValueError(f"contamination mode: expected one of {CONTAMINATION_MODES}, got {mode!r}")
     pos = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(inputs.shape[1])  # (B, T)
-    hit = torch.from_numpy(contamination_mask(pos, rate, seed))
+    hit = torch.from_numpy(contamination_mask(pos, rate, seed)).to(inputs.device)
     if mode == "fixed":
         repl = torch.full_like(inputs, token)
     else:
         if not vocab_size:
             raise ValueError("random contamination needs vocab_size")
-        repl = torch.from_numpy((position_hash(pos, seed, 1) % np.uint64(vocab_size))
-                                .astype(np.int64)).to(inputs.dtype)
+        repl = torch.from_numpy(
+            (position_hash(pos, seed, 1) % np.uint64(vocab_size)).astype(np.int64)
+        ).to(inputs.device, inputs.dtype)
     return torch.where(hit, repl, inputs)
 
 
-def contamination_scorer(rate: float, mode: str = "fixed", token: int = 0,
-                         vocab_size: int | None = None, seed: int = 0) -> Scorer:
+def contamination_scorer(
+    rate: float, mode: str = "fixed", token: int = 0, vocab_size: int | None = None, seed: int = 0
+) -> Scorer:
     """A scorer (see :func:`filtertron.eval.perplexity.score`) on contaminated inputs."""
 
     def scorer(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -124,9 +132,15 @@ def _frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def embedding_attack(model: nn.Module, emb: torch.Tensor, targets: torch.Tensor,
-                     score_from: int, epsilon: float, steps: int = 1,
-                     alpha: float | None = None) -> torch.Tensor:
+def embedding_attack(
+    model: nn.Module,
+    emb: torch.Tensor,
+    targets: torch.Tensor,
+    score_from: int,
+    epsilon: float,
+    steps: int = 1,
+    alpha: float | None = None,
+) -> torch.Tensor:
     """L-inf sign-gradient ascent on the embeddings: FGSM (steps=1, alpha=eps) or PGD.
 
     Args:
@@ -157,8 +171,9 @@ def embedding_attack(model: nn.Module, emb: torch.Tensor, targets: torch.Tensor,
     return delta
 
 
-def attack_scorer(attack: str, epsilon: float, steps: int = 10,
-                  alpha: float | None = None) -> Scorer:
+def attack_scorer(
+    attack: str, epsilon: float, steps: int = 10, alpha: float | None = None
+) -> Scorer:
     """A scorer of NLL under an embedding attack (``fgsm`` or ``pgd``); needs autograd."""
     if attack not in ATTACKS:
         raise ValueError(f"--attack: expected one of {ATTACKS}, got {attack!r}")
@@ -166,8 +181,15 @@ def attack_scorer(attack: str, epsilon: float, steps: int = 10,
 
     def scorer(model: nn.Module, batch: Batch) -> torch.Tensor:
         emb = model.embed(batch.inputs)
-        delta = embedding_attack(model, emb, batch.targets, batch.score_from, epsilon, n,
-                                 epsilon if attack == "fgsm" else alpha)
+        delta = embedding_attack(
+            model,
+            emb,
+            batch.targets,
+            batch.score_from,
+            epsilon,
+            n,
+            epsilon if attack == "fgsm" else alpha,
+        )
         with torch.no_grad():
             hidden = hidden_from_embeddings(model, emb.detach() + delta)
             return nll_from_hidden(model, hidden, batch.targets, batch.score_from)

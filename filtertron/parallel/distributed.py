@@ -70,14 +70,25 @@ def _discover_env() -> None:
 
 
 def init_distributed() -> DistInfo:
-    """Initialise torch.distributed (via DeepSpeed) once; return this process's place."""
+    """Initialise torch.distributed (via DeepSpeed) once; return this process's place.
+
+    With CUDA the local device is selected before the process group exists, so NCCL binds
+    each rank to its own GPU. DeepSpeed's CPU shared-memory buffers are unlinked as soon as
+    every rank has mapped them (:func:`~filtertron.parallel.deepspeed_workarounds.
+    unlink_shm_buffer`), so no run leaves them in /dev/shm, however it ends.
+    """
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
         _discover_env()
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         import deepspeed
 
+        from filtertron.parallel.deepspeed_workarounds import unlink_shm_buffer
+
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
-    if torch.cuda.is_available():
+        unlink_shm_buffer(dist.get_rank())
+    elif torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return DistInfo(
         dist.get_rank(),

@@ -40,6 +40,17 @@ _PATCHED_MODULES = (
 )
 _RANDOM = "megatron.core.tensor_parallel.random"
 _installed = False
+# (module, attribute) pairs install() replaces; tests/parallel/test_deepspeed_workarounds.py
+# fails if one disappears in another megatron-core version (the patch would silently miss).
+RELIES_ON: tuple[tuple[str, str], ...] = (
+    *((name, "torch") for name in _PATCHED_MODULES),
+    (_RANDOM, "torch"),
+    (_RANDOM, "_get_cuda_rng_state"),
+    (_RANDOM, "_set_cuda_rng_state"),
+    (_RANDOM, "get_cuda_rng_tracker"),
+    ("megatron.core.tensor_parallel", "model_parallel_cuda_manual_seed"),
+    ("megatron.core.parallel_state", "get_global_memory_buffer"),
+)
 
 
 class _CudaOnCpu:
@@ -124,5 +135,6 @@ def install() -> bool:
 
 def status() -> SimpleNamespace:
     """What :func:`install` changed, for logs and tests."""
-    return SimpleNamespace(active=_installed, modules=(*_PATCHED_MODULES, _RANDOM) if _installed
-                           else ())
+    return SimpleNamespace(
+        active=_installed, modules=(*_PATCHED_MODULES, _RANDOM) if _installed else ()
+    )

@@ -25,6 +25,7 @@ model); once the PipelineModule is built only this stage's layers stay reference
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -33,6 +34,7 @@ from torch import nn
 
 from filtertron.config import RunConfig
 from filtertron.model.gpt import GPT, build_model
+from filtertron.parallel import deepspeed_workarounds
 from filtertron.parallel.state import ParallelLayout
 
 PARTITION_METHODS = {"parameters": "parameters", "uniform": "type:BlockPipe"}
@@ -109,14 +111,25 @@ def layer_specs(model: GPT, carry_y0: bool) -> list:
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
     tied = model.config.tie_embeddings
-    embed = (TiedLayerSpec("embed", EmbeddingPipe, model, carry_y0, tied_weight_attr="wte.weight")
-             if tied else LayerSpec(EmbeddingPipe, model, carry_y0))
+    embed = (
+        TiedLayerSpec("embed", EmbeddingPipe, model, carry_y0, tied_weight_attr="wte.weight")
+        if tied
+        else LayerSpec(EmbeddingPipe, model, carry_y0)
+    )
     specs = [embed]
     specs += [LayerSpec(BlockPipe, model, i, carry_y0) for i in range(len(model.blocks))]
     specs.append(LayerSpec(NormPipe, model))
     if tied:
-        specs.append(TiedLayerSpec("embed", EmbeddingPipe, model, carry_y0,
-                                   forward_fn=_tied_head, tied_weight_attr="wte.weight"))
+        specs.append(
+            TiedLayerSpec(
+                "embed",
+                EmbeddingPipe,
+                model,
+                carry_y0,
+                forward_fn=_tied_head,
+                tied_weight_attr="wte.weight",
+            )
+        )
     else:
         specs.append(LayerSpec(HeadPipe, model))
     return specs
@@ -166,44 +179,23 @@ def build_pipeline(cfg: RunConfig, layout: ParallelLayout, model: GPT | None = N
     # no_grad: the module broadcasts the tied weight in place at construction; with grad
     # enabled autograd would record that broadcast into the weight's graph.
     with torch.no_grad():
-        pipe = PipelineModule(layers=layer_specs(model, carries_y0(cfg)),
-                              loss_fn=model.criterion, topology=layout.topology(),
-                              partition_method=PARTITION_METHODS[cfg.parallel.pp_partition],
-                              activation_checkpoint_interval=interval,
-                              checkpointable_layers=["BlockPipe"])
-    _count_each_gradient_once(pipe, layout)
-    # The specs hold the whole model; DeepSpeed reads them only while constructing. Dropping
-    # their arguments lets the other stages' layers be freed.
-    for spec in pipe._layer_specs:
-        spec.module_args = ()
+        pipe = PipelineModule(
+            layers=layer_specs(model, carries_y0(cfg)),
+            loss_fn=model.criterion,
+            topology=layout.topology(),
+            partition_method=PARTITION_METHODS[cfg.parallel.pp_partition],
+            activation_checkpoint_interval=interval,
+            checkpointable_layers=["BlockPipe"],
+        )
+    deepspeed_workarounds.count_each_gradient_once(pipe, layout.pp_rank, layout.tp_rank)
+    deepspeed_workarounds.release_layer_specs(pipe)
     return pipe
 
 
-def _count_each_gradient_once(pipe: nn.Module, layout: ParallelLayout) -> None:
-    """Make DeepSpeed's ZeRO-0 gradient norm count every gradient exactly once.
-
-    ``deepspeed.runtime.utils.clip_grad_norm_`` (used without ZeRO) counts a parameter if it
-    is marked model-parallel, else only on rank 0 of the pipeline grid's model-parallel group
-    (pipe x tp): replicated parameters of later stages (norms, biases, GRC tau) would be
-    left out, and a TP-sharded tied embedding counted on both stages holding it. ZeRO-1 counts
-    by TP rank and skips DeepSpeed's ``ds_pipe_replicated`` copies, so these marks change
-    nothing there.
-    """
-    for p in pipe.parameters():
-        if getattr(p, "ds_pipe_replicated", False):
-            p.tensor_model_parallel = False  # the first stage's twin is counted
-        elif layout.pp_rank > 0 and layout.tp_rank == 0:
-            p.model_parallel = True
-
-
 def deepspeed_config_overrides(cfg: RunConfig) -> dict[str, Any]:
-    """Keys to merge into the DeepSpeed config when the model is a PipelineModule.
-
-    DeepSpeed's activation partitioning across TP ranks ("pipe_partitioned") only handles a
-    first tensor, with no other tensor requiring grad, and splits the local tensor: wrong for
-    y0 (which requires grad) and for sequence-parallel shards. It is switched off.
-    """
-    return {"pipeline": {"pipe_partitioned": False, "grad_partitioned": False}}
+    """Keys to merge into the DeepSpeed config when the model is a PipelineModule (see
+    :data:`filtertron.parallel.deepspeed_workarounds.PIPELINE_CONFIG`)."""
+    return copy.deepcopy(deepspeed_workarounds.PIPELINE_CONFIG)
 
 
 def split_batches(batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

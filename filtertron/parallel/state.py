@@ -25,27 +25,20 @@ from filtertron.parallel import megatron_cpu
 
 
 def validate(cfg: RunConfig, world_size: int) -> int:
-    """Check that ``cfg.parallel`` fits the model and the world; return the DP size.
+    """Check that the world fits ``cfg.parallel``; return the DP size.
+
+    The rules within the config (tp divides the heads, pp at most the layers, sequence
+    parallelism, ZeRO with pp) were checked when it was loaded (:class:`RunConfig`).
 
     Raises:
         ConfigError: naming the numbers that do not fit.
     """
-    p, m = cfg.parallel, cfg.model
-    if m.n_heads % p.tp:
-        raise ConfigError(f"parallel.tp={p.tp} must divide model.n_heads={m.n_heads} (each "
-                          f"tensor-parallel rank holds whole heads)")
-    if p.pp > m.n_layers:
-        raise ConfigError(f"parallel.pp={p.pp} cannot exceed model.n_layers={m.n_layers} "
-                          f"(each pipeline stage needs at least one block)")
-    if p.pp > 1 and p.zero_stage > 1:
-        raise ConfigError(f"parallel.zero_stage={p.zero_stage} with parallel.pp={p.pp}: "
-                          "DeepSpeed's pipeline engine supports only ZeRO 0 or 1")
-    if p.sequence_parallel and m.seq_len % p.tp:
-        raise ConfigError(f"parallel.sequence_parallel with parallel.tp={p.tp} needs "
-                          f"model.seq_len={m.seq_len} divisible by tp")
+    p = cfg.parallel
     if world_size < 1 or world_size % (p.tp * p.pp):
-        raise ConfigError(f"world size {world_size} must equal tp x pp x dp: parallel.tp={p.tp} "
-                          f"x parallel.pp={p.pp} = {p.tp * p.pp} does not divide {world_size}")
+        raise ConfigError(
+            f"world size {world_size} must equal tp x pp x dp: parallel.tp={p.tp} "
+            f"x parallel.pp={p.pp} = {p.tp * p.pp} does not divide {world_size}"
+        )
     return world_size // (p.tp * p.pp)
 
 
@@ -76,12 +69,18 @@ class ParallelLayout:
         """The model-parallel unit DeepSpeed's plain engine expects (pp = 1 only)."""
         return DeepSpeedMPU(self)
 
+    @property
+    def model_parallel(self) -> bool:
+        """True when the model is split over processes (tp > 1 or pp > 1)."""
+        return self.tp_size > 1 or self.pp_size > 1
+
     def topology(self):
         """DeepSpeed's topology for this layout (rank order identical to megatron's)."""
         from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
-        return PipeModelDataParallelTopology(num_pp=self.pp_size, num_mp=self.tp_size,
-                                             num_dp=self.dp_size)
+        return PipeModelDataParallelTopology(
+            num_pp=self.pp_size, num_mp=self.tp_size, num_dp=self.dp_size
+        )
 
 
 class DeepSpeedMPU:
@@ -150,30 +149,71 @@ def initialize(cfg: RunConfig, world_size: int) -> ParallelLayout:
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialised; call init_distributed() first")
     if dist.get_world_size() != world_size:
-        raise ConfigError(f"world size {world_size} given, but torch.distributed has "
-                          f"{dist.get_world_size()} processes")
+        raise ConfigError(
+            f"world size {world_size} given, but torch.distributed has "
+            f"{dist.get_world_size()} processes"
+        )
     megatron_cpu.install()
     from megatron.core import parallel_state as ps
 
     tp, pp = cfg.parallel.tp, cfg.parallel.pp
     if ps.model_parallel_is_initialized() and (
-            ps.get_tensor_model_parallel_world_size() != tp
-            or ps.get_pipeline_model_parallel_world_size() != pp):
+        ps.get_tensor_model_parallel_world_size() != tp
+        or ps.get_pipeline_model_parallel_world_size() != pp
+    ):
         ps.destroy_model_parallel()
     if not ps.model_parallel_is_initialized():
         # No extra gloo copies of every group: filtertron uses none of megatron's CPU-side
         # helpers that need them, and creating them doubles start-up time on gloo.
-        ps.initialize_model_parallel(tensor_model_parallel_size=tp,
-                                     pipeline_model_parallel_size=pp,
-                                     create_gloo_process_groups=False)
+        ps.initialize_model_parallel(
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            create_gloo_process_groups=False,
+        )
     rank = dist.get_rank()
     tp_rank, pp_rank, dp_rank = coordinates(rank, tp, pp, dp)
-    assert (tp_rank, pp_rank, dp_rank) == (ps.get_tensor_model_parallel_rank(),
-                                           ps.get_pipeline_model_parallel_rank(),
-                                           ps.get_data_parallel_rank()), "rank order mismatch"
-    return ParallelLayout(rank=rank, world_size=world_size, tp_rank=tp_rank, tp_size=tp,
-                          pp_rank=pp_rank, pp_size=pp, dp_rank=dp_rank, dp_size=dp,
-                          tp_group=ps.get_tensor_model_parallel_group(),
-                          pp_group=ps.get_pipeline_model_parallel_group(),
-                          dp_group=ps.get_data_parallel_group(),
-                          sequence_parallel=cfg.parallel.sequence_parallel)
+    assert (tp_rank, pp_rank, dp_rank) == (
+        ps.get_tensor_model_parallel_rank(),
+        ps.get_pipeline_model_parallel_rank(),
+        ps.get_data_parallel_rank(),
+    ), "rank order mismatch"
+    return ParallelLayout(
+        rank=rank,
+        world_size=world_size,
+        tp_rank=tp_rank,
+        tp_size=tp,
+        pp_rank=pp_rank,
+        pp_size=pp,
+        dp_rank=dp_rank,
+        dp_size=dp,
+        tp_group=ps.get_tensor_model_parallel_group(),
+        pp_group=ps.get_pipeline_model_parallel_group(),
+        dp_group=ps.get_data_parallel_group(),
+        sequence_parallel=cfg.parallel.sequence_parallel,
+    )
+
+
+def layout_for(cfg: RunConfig, world_size: int) -> ParallelLayout:
+    """This process's layout: :func:`initialize` when tensor or pipeline parallel, else plain
+    data parallelism over the default group (no megatron-core groups are created).
+
+    Raises:
+        ConfigError: if the world size does not fit the layout.
+    """
+    if cfg.parallel.tp > 1 or cfg.parallel.pp > 1:
+        return initialize(cfg, world_size)
+    dp = validate(cfg, world_size)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return ParallelLayout(
+        rank=rank,
+        world_size=world_size,
+        tp_rank=0,
+        tp_size=1,
+        pp_rank=0,
+        pp_size=1,
+        dp_rank=rank,
+        dp_size=dp,
+        tp_group=None,
+        pp_group=None,
+        dp_group=None,
+    )

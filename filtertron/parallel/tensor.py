@@ -50,7 +50,7 @@ from torch import nn
 from filtertron.config import ModelConfig
 from filtertron.model.gpt import GPT
 from filtertron.model.position import LearnedPosition, SinusoidalPosition
-from filtertron.parallel import megatron_cpu
+from filtertron.parallel import collectives, megatron_cpu
 
 # module-name pattern -> style; applied in module order (wte before the lm_head tied to it).
 PLAN: dict[str, str] = {
@@ -67,8 +67,12 @@ PLAN: dict[str, str] = {
     "lm_head": "vocab_head",
     "criterion": "vocab_cross_entropy",
 }
-_STYLE_DIMS = {"column": {"weight": 0, "bias": 0}, "row": {"weight": 1},
-               "vocab_embedding": {"weight": 0}, "vocab_head": {"weight": 0}}
+_STYLE_DIMS = {
+    "column": {"weight": 0, "bias": 0},
+    "row": {"weight": 1},
+    "vocab_embedding": {"weight": 0},
+    "vocab_head": {"weight": 0},
+}
 
 
 def padded_vocab(vocab_size: int, tp: int) -> int:
@@ -116,8 +120,9 @@ def shard_tensor(full: torch.Tensor, shard: Shard, rank: int, size: int) -> torc
         pad[shard.dim] = shard.padded - full.shape[shard.dim]
         full = torch.cat([full, full.new_zeros(pad)], dim=shard.dim)
     if full.shape[shard.dim] % size:
-        raise ValueError(f"dim {shard.dim} of shape {tuple(full.shape)} is not divisible by "
-                         f"tp={size}")
+        raise ValueError(
+            f"dim {shard.dim} of shape {tuple(full.shape)} is not divisible by tp={size}"
+        )
     return full.chunk(size, dim=shard.dim)[rank].clone()
 
 
@@ -143,10 +148,14 @@ class _Ctx:
 
 def _megatron_config(ctx: _Ctx, dtype: torch.dtype, sequence_parallel: bool):
     # Weights come from the whole model (sliced), so megatron must not initialise them.
-    return ModelParallelConfig(tensor_model_parallel_size=ctx.size,
-                               sequence_parallel=sequence_parallel, use_cpu_initialization=True,
-                               perform_initialization=False, params_dtype=dtype,
-                               gradient_accumulation_fusion=False)
+    return ModelParallelConfig(
+        tensor_model_parallel_size=ctx.size,
+        sequence_parallel=sequence_parallel,
+        use_cpu_initialization=True,
+        perform_initialization=False,
+        params_dtype=dtype,
+        gradient_accumulation_fusion=False,
+    )
 
 
 def _no_init(_: torch.Tensor) -> None:
@@ -160,8 +169,9 @@ def _mark_sharded(p: nn.Parameter, dim: int) -> nn.Parameter:
     return p
 
 
-def _load_shards(module: nn.Module, full: nn.Module, dims: dict[str, int], ctx: _Ctx,
-                 padded: int | None = None) -> None:
+def _load_shards(
+    module: nn.Module, full: nn.Module, dims: dict[str, int], ctx: _Ctx, padded: int | None = None
+) -> None:
     with torch.no_grad():
         for local, param in full.named_parameters(recurse=False):
             mine = getattr(module, local)
@@ -198,8 +208,9 @@ class VocabEmbedding(VocabParallelEmbedding):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         n = ps.get_tensor_model_parallel_world_size()
         if self.reduce_scatter_embeddings and idx.shape[1] % n:
-            raise ValueError(f"idx: sequence parallelism needs T divisible by tp={n}, "
-                             f"got T={idx.shape[1]}")
+            raise ValueError(
+                f"idx: sequence parallelism needs T divisible by tp={n}, got T={idx.shape[1]}"
+            )
         out = super().forward(idx)
         return out.transpose(0, 1).contiguous() if self.reduce_scatter_embeddings else out
 
@@ -207,25 +218,41 @@ class VocabEmbedding(VocabParallelEmbedding):
 def _column(full: nn.Linear, ctx: _Ctx, padded: int | None = None) -> nn.Module:
     # Under SP the input was already gathered by the norm before, whose backward
     # reduce-scatters the input gradient: the linear itself must not all-reduce it.
-    m = ColumnLinear(full.in_features, padded or full.out_features, bias=full.bias is not None,
-                     config=_megatron_config(ctx, full.weight.dtype, False), init_method=_no_init,
-                     gather_output=False, disable_grad_reduce=ctx.sequence_parallel)
+    m = ColumnLinear(
+        full.in_features,
+        padded or full.out_features,
+        bias=full.bias is not None,
+        config=_megatron_config(ctx, full.weight.dtype, False),
+        init_method=_no_init,
+        gather_output=False,
+        disable_grad_reduce=ctx.sequence_parallel,
+    )
     _load_shards(m, full, _STYLE_DIMS["column"], ctx, padded)
     return m
 
 
 def _row(full: nn.Linear, ctx: _Ctx) -> nn.Module:
-    m = RowLinear(full.in_features, full.out_features, bias=full.bias is not None,
-                  config=_megatron_config(ctx, full.weight.dtype, ctx.sequence_parallel),
-                  init_method=_no_init, input_is_parallel=True, skip_bias_add=False)
+    m = RowLinear(
+        full.in_features,
+        full.out_features,
+        bias=full.bias is not None,
+        config=_megatron_config(ctx, full.weight.dtype, ctx.sequence_parallel),
+        init_method=_no_init,
+        input_is_parallel=True,
+        skip_bias_add=False,
+    )
     _load_shards(m, full, _STYLE_DIMS["row"], ctx)
     return m
 
 
 def _vocab_embedding(full: nn.Embedding, ctx: _Ctx) -> nn.Module:
-    m = VocabEmbedding(ctx.padded, full.embedding_dim, init_method=_no_init,
-                       reduce_scatter_embeddings=ctx.sequence_parallel,
-                       config=_megatron_config(ctx, full.weight.dtype, ctx.sequence_parallel))
+    m = VocabEmbedding(
+        ctx.padded,
+        full.embedding_dim,
+        init_method=_no_init,
+        reduce_scatter_embeddings=ctx.sequence_parallel,
+        config=_megatron_config(ctx, full.weight.dtype, ctx.sequence_parallel),
+    )
     _load_shards(m, full, _STYLE_DIMS["vocab_embedding"], ctx, ctx.padded)
     return m
 
@@ -247,8 +274,9 @@ class VocabParallelCrossEntropy(nn.Module):
         ids = torch.arange(rank * per, (rank + 1) * per)
         self.register_buffer("pad_mask", ids >= vocab_size, persistent=False)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
-                reduction: str = "mean") -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+    ) -> torch.Tensor:
         """Args: logits (B, T, Vp/n) this rank's shard; targets (B, T). Returns a scalar, or
         (B, T) for "none"."""
         # A fresh tensor: megatron subtracts the row max in place.
@@ -264,16 +292,20 @@ class SequenceGatherLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x).transpose(0, 1)  # (T/n, B, C): megatron gathers dim 0
-        return gather_from_sequence_parallel_region(y, tensor_parallel_output_grad=True,
-                                                    group=self.tp_group).transpose(0, 1)
+        return gather_from_sequence_parallel_region(
+            y, tensor_parallel_output_grad=True, group=self.tp_group
+        ).transpose(0, 1)
 
 
 def _sequence_norm(full: nn.LayerNorm, ctx: _Ctx) -> nn.Module:
     if not ctx.sequence_parallel:
         return full
-    m = SequenceGatherLayerNorm(full.normalized_shape, eps=full.eps,
-                                elementwise_affine=full.elementwise_affine,
-                                bias=full.bias is not None)
+    m = SequenceGatherLayerNorm(
+        full.normalized_shape,
+        eps=full.eps,
+        elementwise_affine=full.elementwise_affine,
+        bias=full.bias is not None,
+    )
     m.tp_group = ctx.group
     m.load_state_dict(full.state_dict())
     return m
@@ -323,9 +355,7 @@ def _heads(core: nn.Module, ctx: _Ctx) -> nn.Module:
 
 def _sum_grad_over_tp(group: dist.ProcessGroup):
     def hook(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad, group=group)
-        return grad
+        return collectives.all_reduce(grad, group=group)
 
     return hook
 
@@ -350,13 +380,21 @@ def apply_tensor_parallel(model: GPT, cfg: ModelConfig, sequence_parallel: bool 
     size = ps.get_tensor_model_parallel_world_size()
     if size == 1:
         return model
-    if cfg.n_heads % size:
-        raise ValueError(f"tp={size} must divide n_heads={cfg.n_heads}")
-    ctx = _Ctx(ps.get_tensor_model_parallel_rank(), size, ps.get_tensor_model_parallel_group(),
-               sequence_parallel, padded_vocab(cfg.vocab_size, size))
-    builders = {"column": _column, "row": _row, "vocab_embedding": _vocab_embedding,
-                "sequence_norm": _sequence_norm, "sequence_position": _sequence_position,
-                "heads": _heads}
+    ctx = _Ctx(
+        ps.get_tensor_model_parallel_rank(),
+        size,
+        ps.get_tensor_model_parallel_group(),
+        sequence_parallel,
+        padded_vocab(cfg.vocab_size, size),
+    )
+    builders = {
+        "column": _column,
+        "row": _row,
+        "vocab_embedding": _vocab_embedding,
+        "sequence_norm": _sequence_norm,
+        "sequence_position": _sequence_position,
+        "heads": _heads,
+    }
     for name in [n for n, _ in model.named_modules()]:
         style = _style_of(name)
         if style is None:
@@ -381,9 +419,7 @@ def apply_tensor_parallel(model: GPT, cfg: ModelConfig, sequence_parallel: bool 
 
 def gather_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """All-gather vocab-sharded logits (B, T, Vp/n) into (B, T, V) (no gradient)."""
-    group = ps.get_tensor_model_parallel_group()
-    parts = [torch.empty_like(logits) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, logits.contiguous(), group=group)
+    parts = collectives.all_gather(logits, group=ps.get_tensor_model_parallel_group())
     return torch.cat(parts, dim=-1)[..., :vocab_size]
 
 
@@ -397,8 +433,6 @@ def full_state_dict(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Tenso
             continue
         t = t.detach()
         if name in spec and size > 1:
-            parts = [torch.empty_like(t) for _ in range(size)]
-            dist.all_gather(parts, t.contiguous(), group=group)
-            t = merge_tensors(parts, spec[name], cfg.vocab_size)
+            t = merge_tensors(collectives.all_gather(t, group), spec[name], cfg.vocab_size)
         out[name] = t.clone()
     return out

@@ -1,22 +1,23 @@
 """``filtertron train CONFIG.yaml [--set section.key=value ...] [--nproc N] [--resume]``.
 
 With ``--nproc N > 1`` (and not already inside a launcher) this re-launches itself through the
-deepspeed launcher on this machine: ``deepspeed --num_gpus N --module filtertron.train.entry``.
-Across nodes use ``deepspeed --hostfile HOSTS launch/train.py --config CONFIG.yaml`` (see
-launch/README.md).
+deepspeed launcher on this machine: ``deepspeed --num_gpus N --module filtertron.train.entry``
+(:mod:`filtertron.parallel.launcher`). Across nodes use ``deepspeed --hostfile HOSTS
+launch/train.py --config CONFIG.yaml`` (see launch/README.md). The console shows the progress
+bar, the interval lines, warnings and errors; DeepSpeed's and megatron-core's lines go to
+``train.out_dir/logs/`` unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 from filtertron.config import load_config
 
 
 def add_arguments(p: argparse.ArgumentParser, config_flag: bool = False) -> None:
+    """Add the ``train`` options (``--config`` instead of a positional for launchers)."""
     if config_flag:
         p.add_argument("--config", required=True, help="run config YAML")
     else:
@@ -41,48 +42,31 @@ def add_arguments(p: argparse.ArgumentParser, config_flag: bool = False) -> None
         help="processes on this machine (started through the deepspeed launcher)",
     )
     p.add_argument("--master-port", type=int, default=None)
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show DeepSpeed's and megatron-core's log lines (default: train.out_dir/logs/)",
+    )
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
-def launcher_command(args: argparse.Namespace) -> list[str]:
-    """The deepspeed launcher invocation that runs this training on ``args.nproc`` processes."""
-    from filtertron.parallel.distributed import free_port
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        str(args.nproc),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(args.master_port or free_port()),
-        "--module",
-        "filtertron.train.entry",
-        "--config",
-        args.config,
-    ]
+def entry_argv(args: argparse.Namespace) -> list[str]:
+    """The arguments of :mod:`filtertron.train.entry` for the same run."""
+    argv = ["--config", args.config]
     for o in args.overrides:
-        cmd += ["--set", o]
-    if args.resume:
-        cmd.append("--resume")
-    return cmd
+        argv += ["--set", o]
+    return argv + ["--resume"] * args.resume + ["--verbose"] * args.verbose
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)  # fail fast, before any process starts
-    if args.nproc > 1 and "RANK" not in os.environ:
-        env = dict(os.environ)
-        # One process per core share: without this every rank starts a thread per core and
-        # they fight (measured: 4x slower steps for 2 ranks on 2 cores).
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
-        return subprocess.call(launcher_command(args), env=env)
-    from filtertron.train.trainer import Trainer
+    """Run ``filtertron train``; returns the exit status."""
+    from filtertron.parallel import launcher
+    from filtertron.train.entry import train
 
-    final = Trainer(cfg, resume=args.resume).run()
-    print(
-        f"done: step {final['step']}, loss {final.get('loss', float('nan')):.4f}, "
-        f"val_loss {final['val_loss']:.4f}"
-    )
-    return 0
+    cfg = load_config(args.config, args.overrides)  # fail fast, before any process starts
+    if args.nproc > 1 and not launcher.inside_launcher():
+        cmd, port = launcher.deepspeed_command(
+            "filtertron.train.entry", entry_argv(args), args.nproc, args.master_port
+        )
+        return launcher.run_child(cmd, Path(cfg.train.out_dir) / "logs", args.verbose, port)
+    return train(cfg, args.resume, args.verbose)

@@ -21,7 +21,8 @@ from filtertron.data import (
     load_tokenizer,
     open_split,
 )
-from filtertron.data.prepare import add_arguments, prepare, run
+from filtertron.data.cli import add_arguments, run
+from filtertron.data.prepare import prepare
 from filtertron.data.sources import wikitext_documents
 
 ROOT = Path(__file__).resolve().parents[2]

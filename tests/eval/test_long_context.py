@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from filtertron.eval.cli import EvalOptions, evaluate_model
+from filtertron.eval.evaluate import EvalOptions, evaluate_model
 from filtertron.eval.long_context import (
     UnsupportedLengthError,
     check_length,
@@ -27,8 +27,11 @@ def test_parse_lengths():
 def test_learned_positions_refuse_longer_contexts(dataset):
     model = tiny_model(position="learned", seq_len=32)
     check_length(model.config, 32)
-    with pytest.raises(UnsupportedLengthError, match=r"context length 64 exceeds its learned "
-                                                     r"position table \(model.seq_len=32"):
+    with pytest.raises(
+        UnsupportedLengthError,
+        match=r"context length 64 exceeds its learned "
+        r"position table \(model.seq_len=32",
+    ):
         check_length(model.config, 64)
     span = load_span(dataset, "test")
     with pytest.raises(UnsupportedLengthError, match="does not truncate silently"):
@@ -54,17 +57,19 @@ def test_with_impl_keeps_the_weights():
     assert with_impl(model, "reference") is model
     other = with_impl(model, "sdpa")
     assert other.config.attention.impl == "sdpa"
-    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items(),
-                              strict=True):
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 
 
-@pytest.mark.parametrize("kind,position,extra", [
-    ("softmax", "alibi", {}),
-    ("softmax", "rotary", {}),
-    ("bilateral", "none", {}),
-    ("twicing", "alibi", {"residual": {"kind": "generalized"}}),
-])
+@pytest.mark.parametrize(
+    "kind,position,extra",
+    [
+        ("softmax", "alibi", {}),
+        ("softmax", "rotary", {}),
+        ("bilateral", "none", {}),
+        ("twicing", "alibi", {"residual": {"kind": "generalized"}}),
+    ],
+)
 def test_fused_impl_beyond_training_length_equals_reference(dataset, kind, position, extra):
     """At 4x the training length the memory-linear impl gives the reference's perplexity."""
     stream = load_span(dataset, "test").tokens[:300]

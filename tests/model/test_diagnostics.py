@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from filtertron import build_model
 from filtertron.config import model_config
-from filtertron.eval.diagnostics import attention_entropy, diagnose, token_similarity
+from filtertron.model.diagnostics import attention_entropy, diagnose, token_similarity
 
 
 def test_token_similarity_against_pair_loop():

@@ -42,7 +42,7 @@ def _resume_job(rank: int, world: int, step_dirs: list[str]) -> list[float]:
         engine, _ = build_engine(cfg, world)
         path, _ = engine.load_checkpoint(str(d.parent), tag=d.name, load_module_only=True)
         assert path is not None
-        it = split_batches(batches(STEPS * GAS, MB)[info.step * GAS:])
+        it = split_batches(batches(STEPS * GAS, MB)[info.step * GAS :])
         losses.append(train_step(engine, cfg, it))
     return losses
 
@@ -98,7 +98,7 @@ def test_consolidated_model_pt_is_the_single_device_model(tp2_run, pp2_run, conv
         assert (cfg.parallel.tp, cfg.parallel.pp) == (1, 1) and info.step == 2
         ref = build_model(cfg.model)
         assert model.state_dict().keys() == ref.state_dict().keys()
-        b = batches(STEPS * GAS, MB)[2 * GAS:]
+        b = batches(STEPS * GAS, MB)[2 * GAS :]
         with torch.no_grad():
             loss = sum(model(x[:, :-1], x[:, 1:]).item() for x in b) / GAS
         run = tp2_run if key.startswith("tp2") else pp2_run
@@ -108,7 +108,7 @@ def test_consolidated_model_pt_is_the_single_device_model(tp2_run, pp2_run, conv
 @pytest.mark.distributed
 def test_round_trip_through_tp2_files_is_exact(pp2_run, tmp_path):
     # consolidate -> shard for tp=2, pp=2 -> consolidate again gives the same tensors
-    from filtertron.parallel.convert import consolidate, target_config
+    from filtertron.checkpoint.shards import consolidate, target_config
 
     cfg, _, src = pp2_run
     full = consolidate(src, cfg)
@@ -130,6 +130,8 @@ def test_convert_rejects_an_impossible_layout(tmp_path, capsys):
     assert main(["convert", str(src), "--out", str(tmp_path / "x"), "--tp", "3"]) == 2
     err = capsys.readouterr().err
     assert "parallel.tp=3" in err and "n_heads=4" in err
-    assert main(["convert", str(src), "--out", str(tmp_path / "y"), "--pp", "2",
-                 "--zero-stage", "2"]) == 2
+    assert (
+        main(["convert", str(src), "--out", str(tmp_path / "y"), "--pp", "2", "--zero-stage", "2"])
+        == 2
+    )
     assert "zero_stage=2" in capsys.readouterr().err

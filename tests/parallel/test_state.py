@@ -34,10 +34,15 @@ def test_world_size_must_be_tp_x_pp_x_dp():
     assert state.validate(tiny_config(), 3) == 3
 
 
-def test_sequence_parallel_needs_seq_len_divisible_by_tp():
-    cfg = tiny_config("model.seq_len=15", "model.position=rotary", tp=2, sequence_parallel=True)
-    with pytest.raises(ConfigError, match=r"seq_len=15"):
-        state.validate(cfg, 2)
+def test_sequence_parallel_needs_seq_len_divisible_by_tp_at_load():
+    with pytest.raises(ConfigError, match=r"parallel.sequence_parallel.*seq_len=15"):
+        tiny_config("model.seq_len=15", "model.position=rotary", tp=2, sequence_parallel=True)
+
+
+def test_bf16_pipeline_needs_zero_1_at_load():
+    with pytest.raises(ConfigError, match=r"parallel.zero_stage=0.*bf16.*ZeRO-1"):
+        tiny_config("train.precision=bf16", pp=2, zero_stage=0)
+    tiny_config("train.precision=bf16", pp=2, zero_stage=1)
 
 
 @pytest.mark.parametrize("tp,pp,dp", [(2, 2, 2), (2, 1, 3), (1, 2, 2), (4, 1, 1)])
@@ -67,13 +72,23 @@ def _layout_and_shim_job(rank: int, world: int) -> dict:
     torch.manual_seed(7)
     x = torch.arange(4.0).view(2, 2) + 10 * layout.tp_rank
     gathered = mtp.gather_from_sequence_parallel_region(x, group=layout.tp_group)
-    scattered = mtp.reduce_scatter_to_sequence_parallel_region(gathered.clone(),
-                                                               group=layout.tp_group)
-    return {"tp": (layout.tp_rank, layout.tp_size), "pp": (layout.pp_rank, layout.pp_size),
-            "dp": (layout.dp_rank, layout.dp_size), "mpu_dp": layout.mpu.get_data_parallel_rank(),
-            "buf_device": str(buf.device), "before": before, "forked": forked,
-            "after": after, "fresh": torch.rand(6), "gathered": gathered,
-            "scattered": scattered, "active": megatron_cpu.status().active}
+    scattered = mtp.reduce_scatter_to_sequence_parallel_region(
+        gathered.clone(), group=layout.tp_group
+    )
+    return {
+        "tp": (layout.tp_rank, layout.tp_size),
+        "pp": (layout.pp_rank, layout.pp_size),
+        "dp": (layout.dp_rank, layout.dp_size),
+        "mpu_dp": layout.mpu.get_data_parallel_rank(),
+        "buf_device": str(buf.device),
+        "before": before,
+        "forked": forked,
+        "after": after,
+        "fresh": torch.rand(6),
+        "gathered": gathered,
+        "scattered": scattered,
+        "active": megatron_cpu.status().active,
+    }
 
 
 @pytest.mark.distributed

@@ -54,11 +54,23 @@ def test_zero_stages_match_stage0(dataset, tmp_path_factory, stage):
 
 
 def test_sigkill_then_resume_matches_uninterrupted(dataset, tmp_path):
+    """Also: DeepSpeed's /dev/shm buffers of neither the killed run nor its resume remain."""
+    from tests.train.test_quiet import shm_names
+
     extra = {"train.steps": 30, "train.save_every": 3, "parallel.zero_stage": 2}
     ref_dir = tmp_path / "ref"
     check(run_launcher(train_args(dataset, ref_dir, **extra)))
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "filtertron.cli", "train", *train_args(dataset, out, **extra)]
+    killed_port, resume_port = free_port(), free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "filtertron.cli",
+        "train",
+        *train_args(dataset, out, **extra),
+        "--master-port",
+        str(killed_port),
+    ]
     proc = subprocess.Popen(
         cmd,
         env=launcher_env(),
@@ -76,10 +88,16 @@ def test_sigkill_then_resume_matches_uninterrupted(dataset, tmp_path):
     assert marker.exists(), "the run never committed the step-6 checkpoint"
     killed_at = max(last_losses(out))
     assert killed_at < 30, "the run finished before it could be killed"
-    check(run_launcher(train_args(dataset, out, **extra) + ["--resume"]))
+    assert shm_names(killed_port) == []  # unlinked once mapped: SIGKILL leaves nothing
+    check(
+        run_launcher(
+            train_args(dataset, out, **extra) + ["--resume", "--master-port", str(resume_port)]
+        )
+    )
     ref, got = last_losses(ref_dir), last_losses(out)
     assert sorted(got) == list(range(1, 31))
     assert [got[s] for s in range(7, 31)] == [ref[s] for s in range(7, 31)]
+    assert shm_names(killed_port) == shm_names(resume_port) == []
 
 
 def test_simulated_two_node_launch(dataset, tmp_path):

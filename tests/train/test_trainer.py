@@ -157,3 +157,21 @@ def test_grad_accumulation_equals_bigger_micro_batch(dataset, tmp_path):
     gb = {r["step"]: r["grad_norm"] for r in rows(tmp_path / "b") if "grad_norm" in r}
     for step in (1, 2, 3):
         assert abs(ga[step] - gb[step]) < 1e-4 * ga[step], (step, ga, gb)
+
+
+def test_data_workers_feed_the_same_batches(dataset, tmp_path, monkeypatch):
+    """data.num_workers is read: DataLoader workers give the losses of in-process loading."""
+    a = Trainer(tiny_config(dataset, tmp_path / "a", **{"train.steps": 2, "train.save_every": 0}))
+    a.run()
+    made = []
+    loader = torch.utils.data.DataLoader
+
+    def recording(*args, **kwargs):
+        made.append(kwargs["num_workers"])
+        return loader(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", recording)
+    extra = {"train.steps": 2, "train.save_every": 0, "data.num_workers": 2}
+    Trainer(tiny_config(dataset, tmp_path / "b", **extra)).run()
+    assert made and set(made) == {2}  # training and validation batches came from workers
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")

@@ -1,0 +1,218 @@
+"""Model and hardware FLOPs utilisation (MFU, HFU) against an honest peak.
+
+    MFU = tokens/s x model FLOPs per token / (peak FLOP/s per device x devices)
+    HFU = the same with the recomputed forwards of activation checkpointing counted too
+
+Model FLOPs per token are :func:`filtertron.train.flops.flops_per_token` (fwd + bwd). The
+peak, in this order (as torchtitan does it):
+
+1. ``train.peak_flops`` when set (FLOP/s of one device in the training dtype);
+2. :data:`PEAK_FLOPS`: NVIDIA's dense (no sparsity) tensor-core peaks per device and dtype,
+   from the datasheets named beside each entry. fp32 training counts the fp32 peak, or the
+   TF32 one when ``torch.get_float32_matmul_precision()`` lets matmuls use TF32;
+3. otherwise (CPUs, unlisted GPUs) a measured peak: square matmuls in the training dtype,
+   timed in several rounds, the best round taken.
+
+A measured peak is a lower bound of the device's real peak (a busy machine, one matmul
+shape), so MFU against it can exceed 100%. An MFU above 100% is never logged as a number: the
+metric is recorded as null and a warning names the likely cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from filtertron.config import ModelConfig, RunConfig
+from filtertron.model.layout import layer_specs
+from filtertron.train.flops import flops_per_token
+
+log = logging.getLogger(__name__)
+
+_A100 = "https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf"  # noqa: E501
+_H100 = "https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet"
+_H200 = "https://www.nvidia.com/en-us/data-center/h200/"
+_L40S = "https://www.nvidia.com/en-us/data-center/l40s/"
+_L4 = "https://www.nvidia.com/en-us/data-center/l4/"
+_A10 = "https://www.nvidia.com/en-us/data-center/products/a10-gpu/"
+_V100 = "https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf"  # noqa: E501
+_B200 = "https://github.com/pytorch/torchtitan (torchtitan/tools/utils.py get_peak_flops)"
+
+# (substring of torch.cuda.get_device_name(), {dtype: dense FLOP/s}, source). First match
+# wins, so more specific names come first ("H100 NVL" before "H100", "A100" before "A10").
+# Datasheets quote tensor-core rates "with sparsity"; the dense rate is half of that.
+PEAK_FLOPS: tuple[tuple[str, dict[str, float], str], ...] = (
+    ("H200 NVL", {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12}, _H200),
+    ("H200", {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 67e12}, _H200),
+    ("H100 NVL", {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12}, _H100),
+    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12}, _H100),
+    ("H100", {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 67e12}, _H100),
+    ("A100", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}, _A100),
+    ("L40S", {"bf16": 362.05e12, "fp16": 362.05e12, "tf32": 183e12, "fp32": 91.6e12}, _L40S),
+    ("L4", {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12}, _L4),
+    ("A10", {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12}, _A10),
+    ("V100", {"fp16": 125e12, "fp32": 15.7e12}, _V100),
+    ("B200", {"bf16": 2.25e15, "fp16": 2.25e15}, _B200),
+)
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "tf32": torch.float32,
+}
+
+
+@dataclass(frozen=True)
+class Peak:
+    """Peak FLOP/s of one device in one dtype, and where the number comes from."""
+
+    flops: float
+    dtype: str
+    source: str
+    measured: bool = False
+
+
+def matmul_dtype(precision: str) -> str:
+    """The dtype matmuls run in: bf16, or fp32 / tf32 by torch's float32 matmul precision."""
+    if precision == "bf16":
+        return "bf16"
+    return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def table_peak(device_name: str, dtype: str) -> Peak | None:
+    """The datasheet peak of ``device_name`` (as CUDA names it) in ``dtype``, if listed."""
+    for key, peaks, source in PEAK_FLOPS:
+        if key in device_name:
+            if dtype not in peaks:
+                return None
+            return Peak(peaks[dtype], dtype, f"{key} {dtype} datasheet peak ({source})")
+    return None
+
+
+_MEASURED: dict[tuple[str, str], float] = {}
+
+
+def measured_peak_flops(
+    dtype: str = "fp32",
+    device: str | torch.device | None = None,
+    n: int | None = None,
+    rounds: int = 5,
+    seconds: float = 0.1,
+) -> float:
+    """The best of ``rounds`` timings of square ``n`` x ``n`` matmuls in ``dtype``, FLOP/s.
+
+    Measured once per (device, dtype) per process. On a shared machine each round can lose
+    time to other work, so the fastest round is the closest to the device's peak.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    key = (str(device), dtype)
+    if key in _MEASURED:
+        return _MEASURED[key]
+    n = n or (4096 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device, dtype=_DTYPES[dtype])
+    b = torch.randn(n, n, device=device, dtype=_DTYPES[dtype])
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    a @ b  # warm-up
+    sync()
+    best = 0.0
+    for _ in range(rounds):
+        reps, start = 0, time.perf_counter()
+        while True:
+            a @ b
+            reps += 1
+            sync()
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                break
+        best = max(best, 2.0 * n**3 * reps / elapsed)
+    _MEASURED[key] = best
+    return best
+
+
+def peak_for(cfg: RunConfig, device: torch.device) -> Peak:
+    """The peak MFU is measured against, for ``cfg``'s precision on ``device``."""
+    dtype = matmul_dtype(cfg.train.precision)
+    if cfg.train.peak_flops:
+        return Peak(cfg.train.peak_flops, dtype, "train.peak_flops")
+    if device.type == "cuda":
+        found = table_peak(torch.cuda.get_device_name(device), dtype)
+        if found is not None:
+            return found
+    flops = measured_peak_flops(dtype, device)
+    return Peak(
+        flops, dtype, f"measured {dtype} matmul on {device.type}, best of 5 rounds", measured=True
+    )
+
+
+def block_forward_flops(cfg: ModelConfig, twicing: bool) -> float:
+    """Forward FLOPs per token of one block, in flops.py's convention (2 per multiply-add of
+    the matmuls; the attention scores and A.V counted once per attention pass, 2 for
+    twicing)."""
+    d, T = cfg.d_model, cfg.seq_len
+    return 2.0 * (4 * d * d + 2 * d * cfg.d_ff) + 4.0 * (2 if twicing else 1) * T * d
+
+
+def hardware_flops_per_token(cfg: ModelConfig, recomputed: list[int]) -> float:
+    """Model FLOPs plus the forwards of the blocks ``recomputed`` by activation checkpointing
+    (block indices, each recomputed once per step)."""
+    specs = layer_specs(cfg)
+    extra = sum(block_forward_flops(cfg, specs[i].attention == "twicing") for i in recomputed)
+    return flops_per_token(cfg) + extra
+
+
+class Utilization:
+    """MFU (and HFU when activations are recomputed) of measured throughputs.
+
+    Args:
+        model_flops: Model FLOPs per token.
+        hardware_flops: FLOPs per token including recomputation, or None without it.
+        peak: Peak of one device.
+        devices: Number of devices the tokens/s are spread over.
+    """
+
+    def __init__(
+        self, model_flops: float, hardware_flops: float | None, peak: Peak, devices: int
+    ) -> None:
+        self.model_flops, self.hardware_flops = model_flops, hardware_flops
+        self.peak, self.devices = peak, devices
+        self.over = 0  # steps whose MFU or HFU came out above 100%
+
+    def cause(self, value: float, name: str) -> str:
+        """Why ``name`` = ``value`` > 1 is not believable, for the warning."""
+        p = self.peak
+        head = f"{name} {100 * value:.0f}% > 100% against {p.flops / 1e12:.3g} TFLOP/s ({p.source})"
+        if p.source == "train.peak_flops":
+            why = "train.peak_flops is below what this device reaches; set it to the device's peak"
+        elif p.measured:
+            why = (
+                "the measured peak under-estimates the device (a busy or shared machine, or "
+                "a matmul shape slower than the model's); set train.peak_flops to its "
+                "datasheet peak"
+            )
+        else:
+            why = (
+                "the datasheet entry does not fit this device or dtype, or FLOPs per token "
+                "are over-counted; set train.peak_flops"
+            )
+        return f"{head}: {why}. Not logged as a number."
+
+    def __call__(self, tokens_per_s: float) -> dict[str, float | None]:
+        """``{"mfu": ..., "hfu": ...}`` (hfu only with recomputation); None above 1.0."""
+        capacity = self.peak.flops * self.devices
+        out: dict[str, float | None] = {"mfu": tokens_per_s * self.model_flops / capacity}
+        if self.hardware_flops is not None:
+            out["hfu"] = tokens_per_s * self.hardware_flops / capacity
+        bad = [name for name, value in out.items() if value is not None and value > 1.0]
+        if bad and not self.over:
+            log.warning(self.cause(out[bad[0]], bad[0].upper()))
+        self.over += bool(bad)
+        for name in bad:
+            out[name] = None
+        return out

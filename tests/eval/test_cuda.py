@@ -1,0 +1,66 @@
+"""GPU only (``pytest -m gpu``): evaluation's reduction on CUDA with NCCL, and perplexity of a
+model on CUDA against the same model on the CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = r"""
+import json
+import torch
+from filtertron.eval.perplexity import all_reduce_sums
+from filtertron.parallel import collectives
+from filtertron.parallel.distributed import init_distributed
+
+info = init_distributed()
+values = [0.1, 2.0**40 + 1.0, 3.0]  # float64 holds 2**40 + 1 exactly; float32 would not
+out = all_reduce_sums(values)
+t = collectives.all_reduce(torch.arange(3, dtype=torch.float64))  # a CPU tensor on NCCL
+print("RESULT " + json.dumps({"backend": info.backend, "device": str(collectives.device_for()),
+                  "sums": out, "exact": out[1] == 2.0**40 + 1.0, "cpu_back": str(t.device),
+                  "t": t.tolist()}))
+"""
+
+
+def test_eval_reduction_on_cuda_with_nccl():
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    r = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    assert r["backend"] == "nccl" and r["device"].startswith("cuda")
+    assert r["sums"] == [0.1, 2.0**40 + 1.0, 3.0] and r["exact"]
+    assert r["cpu_back"] == "cpu" and r["t"] == [0.0, 1.0, 2.0]
+
+
+def test_perplexity_on_cuda_equals_cpu(dataset):
+    import torch
+
+    from filtertron.eval.perplexity import load_span, score, sliding_windows
+    from tests.eval.conftest import tiny_model
+
+    span = load_span(dataset, "test", max_tokens=2000)
+    windows = sliding_windows(span.num_targets, 32, 16)
+    model = tiny_model(impl="sdpa")
+    cpu = score(model, span.tokens, windows, 4)
+    gpu = score(model.to("cuda"), span.tokens, windows, 4)
+    assert gpu.tokens == cpu.tokens
+    assert abs(gpu.nll_sum - cpu.nll_sum) <= 1e-5 * cpu.nll_sum, (gpu, cpu)
+    assert torch.cuda.max_memory_allocated() > 0

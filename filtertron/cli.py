@@ -1,4 +1,4 @@
-"""The ``filtertron`` command: prepare, train, eval, convert, demo.
+"""The ``filtertron`` command: prepare, train, eval, convert, export, demo.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their subcommand runs, so ``filtertron
@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "train": ("filtertron.train.cli", "train a model from a YAML config (DeepSpeed)"),
     "eval": ("filtertron.eval.cli", "perplexity, long context, robustness and diagnostics"),
     "convert": ("filtertron.parallel.convert", "consolidate or reshard a checkpoint"),
+    "export": ("filtertron.hf.export", "checkpoint -> Hugging Face model, split -> lm-eval task"),
     "demo": ("filtertron.demo", "the end-to-end demo on the bundled sample corpus"),
 }
 

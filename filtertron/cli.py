@@ -1,4 +1,4 @@
-"""The ``filtertron`` command: prepare, train, eval, convert, export, demo.
+"""The ``filtertron`` command: prepare, train, eval, convert, export, import, demo.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their subcommand runs, so ``filtertron
@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "eval": ("filtertron.eval.cli", "perplexity, long context, robustness and diagnostics"),
     "convert": ("filtertron.parallel.convert", "consolidate or reshard a checkpoint"),
     "export": ("filtertron.hf.export", "checkpoint -> Hugging Face model, split -> lm-eval task"),
+    "import": ("filtertron.hf.importer", "a Hugging Face GPT-2 as a filtertron checkpoint"),
     "demo": ("filtertron.demo", "the end-to-end demo on the bundled sample corpus"),
 }
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[2]
-os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_MODULES_CACHE", str(_ROOT / ".cache" / "hf_modules"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -46,22 +45,6 @@ def variant_model(seed: int = 0, scale: float = 0.05, **cfg) -> torch.nn.Module:
     return model.eval()
 
 
-@contextmanager
-def launcher_vars_kept():
-    """Restore RANK, WORLD_SIZE, ... after an in-process trainer sets them, so that later
-    tests (and their subprocesses) do not see a launcher that is not there."""
-    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    saved = {k: os.environ.get(k) for k in names}
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def export(run: Path, out: Path, *extra: str) -> Path:
     """``filtertron export RUN --to hf OUT`` through the CLI; returns OUT."""
     from filtertron.cli import main
@@ -70,16 +53,24 @@ def export(run: Path, out: Path, *extra: str) -> Path:
     return out
 
 
+def train(*args: str) -> None:
+    """``filtertron train ARGS`` in a subprocess (this process keeps no process group)."""
+    from tests.train.conftest import run_launcher
+
+    proc = run_launcher(list(args))
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
 @pytest.fixture(scope="session")
 def trained(dataset, tmp_path_factory) -> dict:  # noqa: F811
-    """A tiny ALiBi GPT (configs/tiny.yaml shrunk) trained 40 steps with ZeRO-2 in-process.
+    """configs/tiny.yaml (ALiBi) shrunk to 2 layers, d=64, T=32 and trained 40 steps with
+    ZeRO-2 by ``filtertron train`` (one process).
 
     Returns the run dir, its final step dir (DeepSpeed ZeRO-2 files plus the consolidated
     model.pt the trainer gathers from the engine) and a copy of that step without model.pt
     (readable only through zero_to_fp32).
     """
-    from filtertron.train.trainer import Trainer
-    from tests.train.conftest import tiny_config
+    from tests.train.conftest import tiny_overrides
 
     out = tmp_path_factory.mktemp("zero2") / "run"
     extra = {
@@ -90,8 +81,8 @@ def trained(dataset, tmp_path_factory) -> dict:  # noqa: F811
         "model.vocab_size": VOCAB,
         "model.attention.impl": "auto",
     }
-    with launcher_vars_kept():
-        Trainer(tiny_config(dataset, out, **extra)).run()
+    sets = [a for o in tiny_overrides(dataset, out, **extra) for a in ("--set", o)]
+    train(str(_ROOT / "configs" / "tiny.yaml"), *sets)
     step = out / "checkpoints" / "step_00000040"
     assert (step / "model.pt").is_file()
     zero_only = tmp_path_factory.mktemp("zero2_only") / "checkpoints" / step.name

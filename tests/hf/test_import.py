@@ -4,12 +4,14 @@
   bit-identical weights and logits, and ``filtertron eval`` gives it the original's numbers on
   the original dataset (the tokenizer hash survives through filtertron_export.json).
 - A GPT-2 made by transformers (odd sizes, untied head) imports with its logits.
-- The imported run resumes training: the trainer loads it as a weights-only checkpoint.
+- The imported run resumes training (``filtertron train ... --resume`` loads it as a
+  weights-only checkpoint).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -18,14 +20,7 @@ from filtertron.cli import main
 from filtertron.config import load_config
 from filtertron.data import load_tokenizer
 from filtertron.train.checkpoint import load_model, resolve
-from tests.hf.conftest import (
-    TOL,
-    VOCAB,
-    export,
-    launcher_vars_kept,
-    save_checkpoint,
-    variant_model,
-)
+from tests.hf.conftest import TOL, VOCAB, export, save_checkpoint, train, variant_model
 
 
 @pytest.fixture(scope="module")
@@ -97,24 +92,26 @@ def test_gpt2_made_by_transformers_imports(tmp_path):
 
 
 def test_imported_run_resumes_training(round_trip, dataset, tmp_path):
-    from filtertron.train.trainer import Trainer
-
-    run = round_trip["imported"]
-    overrides = [
+    """``filtertron train RUN/config.yaml --resume`` starts from the imported weights: one
+    step at lr 1e-9 leaves them within 1e-6 (a fresh init would be ~0.1 away)."""
+    cfg = load_config(round_trip["imported"] / "config.yaml")
+    assert cfg.train.out_dir == str(round_trip["imported"].resolve())
+    run = tmp_path / "run"  # a copy, so the module's imported run stays at step 0
+    shutil.copytree(round_trip["imported"], run)
+    sets = [
         f"data.path={dataset}",
-        "train.steps=2",
+        f"train.out_dir={run}",
+        "train.steps=1",
+        "train.lr=1.0e-9",  # YAML reads 1e-9 as a string
+        "train.min_lr=0",
+        "train.warmup=0",
         "train.micro_batch_size=2",
-        "train.warmup=1",
-        "train.log_every=100",
         "eval.batches=1",
     ]
-    cfg = load_config(run / "config.yaml", overrides)
-    assert cfg.train.out_dir == str(run.resolve())
-    with launcher_vars_kept():
-        tr = Trainer(cfg, resume=True)
-        assert tr.step == 0 and tr.resume_from.path == resolve(run).path
-        imported, _, _ = load_model(run)
-        for k, v in imported.state_dict().items():
-            assert torch.equal(tr.model.state_dict()[k], v), k
-        tr.run()
-    assert resolve(run).step == 2
+    train(str(run / "config.yaml"), *[a for o in sets for a in ("--set", o)], "--resume")
+    after = resolve(run)
+    assert after.step == 1
+    imported, _, _ = load_model(round_trip["run"])
+    resumed = torch.load(after.path / "model.pt", weights_only=True)
+    for k, v in imported.state_dict().items():
+        assert float((resumed[k] - v).abs().max()) <= 1e-6, k

@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.py
 	$(PY) -m venv $(VENV)
 	# torch first: pinned CPU build (a plain `torch` could pull a multi-GB CUDA build).
 	$(VPY) -m pip install -q torch==2.13.0
-	DS_BUILD_OPS=0 $(VPY) -m pip install -q -e '.[dev,mpi,triton]'
+	DS_BUILD_OPS=0 $(VPY) -m pip install -q -e '.[dev,mpi,triton,hf]'
 	touch $@
 
 install: $(VENV)/.installed

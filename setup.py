@@ -28,6 +28,10 @@ setup(
         "mpi": ["mpi4py"],
         "triton": ["triton"],
         "dev": ["pytest", "ruff"],
+        # filtertron export / import and the lm-eval task; pinned: transformers' API moves
+        # quickly, and these are the versions tested with torch 2.13 (lm-eval[hf] adds
+        # accelerate and peft).
+        "hf": ["transformers==5.24.0", "safetensors==0.8.0", "lm-eval[hf]==0.4.13"],
     },
     entry_points={"console_scripts": ["filtertron=filtertron.cli:main"]},
 )

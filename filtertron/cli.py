@@ -1,4 +1,4 @@
-"""The ``filtertron`` command: prepare, train, eval, convert, demo.
+"""The ``filtertron`` command: prepare, train, eval, convert, export, import, generate, demo.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their subcommand runs, so ``filtertron
@@ -16,6 +16,9 @@ SUBCOMMANDS = {
     "train": ("filtertron.train.cli", "train a model from a YAML config (DeepSpeed)"),
     "eval": ("filtertron.eval.cli", "perplexity, long context, robustness and diagnostics"),
     "convert": ("filtertron.checkpoint.cli", "consolidate or reshard a checkpoint"),
+    "export": ("filtertron.hf.export", "checkpoint -> Hugging Face model, split -> lm-eval task"),
+    "import": ("filtertron.hf.importer", "a Hugging Face GPT-2 as a filtertron checkpoint"),
+    "generate": ("filtertron.generate", "greedy or sampled text from a checkpoint"),
     "demo": ("filtertron.demo", "the end-to-end demo on the bundled sample corpus"),
 }
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from filtertron import build_model
+from filtertron.checkpoint import files as ckpt
 from filtertron.config import RunConfig, model_config
 from filtertron.data.prepare import prepare
 from filtertron.data.sample import write_corpus
-from filtertron.train import checkpoint as ckpt
 
 VOCAB = 384
 
@@ -31,18 +31,33 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def tiny_model(position: str = "alibi", kind: str = "softmax", impl: str = "reference",
-               seq_len: int = 32, seed: int = 0, **extra):
+def tiny_model(
+    position: str = "alibi",
+    kind: str = "softmax",
+    impl: str = "reference",
+    seq_len: int = 32,
+    seed: int = 0,
+    **extra,
+):
     """A 2-layer, d=32 GPT over the test vocabulary, in eval mode."""
     attention = {"kind": kind, "impl": impl, **extra.pop("attention", {})}
-    cfg = model_config(n_layers=2, d_model=32, n_heads=2, seq_len=seq_len, vocab_size=VOCAB,
-                       position=position, attention=attention, **extra)
+    cfg = model_config(
+        n_layers=2,
+        d_model=32,
+        n_heads=2,
+        seq_len=seq_len,
+        vocab_size=VOCAB,
+        position=position,
+        attention=attention,
+        **extra,
+    )
     torch.manual_seed(seed)
     return build_model(cfg).eval()
 
 
-def save_checkpoint(model: torch.nn.Module, run_dir: Path, step: int = 1,
-                    tokenizer_hash: str | None = None) -> Path:
+def save_checkpoint(
+    model: torch.nn.Module, run_dir: Path, step: int = 1, tokenizer_hash: str | None = None
+) -> Path:
     """Write ``model`` as a committed checkpoint of run ``run_dir``; returns the run dir."""
     path = run_dir / "checkpoints" / ckpt.tag_for(step)
     path.mkdir(parents=True)

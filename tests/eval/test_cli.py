@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from filtertron.checkpoint.shards import load_model
 from filtertron.cli import main
 from filtertron.data import open_split
 from filtertron.eval.perplexity import load_span, score, sliding_windows
-from filtertron.train.checkpoint import load_model
 from tests.eval.conftest import save_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]

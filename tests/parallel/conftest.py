@@ -266,8 +266,8 @@ def train_job(rank: int, world: int, cfg: RunConfig, ckpt_root: str | None) -> d
     Returns this rank's losses (the pipeline engine's are already averaged over dp) and
     DeepSpeed's gradient norms (None where it keeps none).
     """
+    from filtertron.checkpoint import files as checkpoint
     from filtertron.parallel.pipeline import split_batches
-    from filtertron.train import checkpoint
 
     engine, layout = build_engine(cfg, world)
     dp = layout.dp_size

@@ -30,9 +30,9 @@ TOL = 1e-5
 
 def _resume_job(rank: int, world: int, step_dirs: list[str]) -> list[float]:
     """For each converted checkpoint: load it (weights only) and train the next step."""
+    from filtertron.checkpoint.files import resolve
     from filtertron.config import RunConfig, from_dict
     from filtertron.parallel.pipeline import split_batches
-    from filtertron.train.checkpoint import resolve
 
     losses = []
     for d in map(Path, step_dirs):
@@ -90,8 +90,8 @@ def test_tp2_checkpoint_resharded_to_pp2(tp2_run, converted):
 
 @pytest.mark.distributed
 def test_consolidated_model_pt_is_the_single_device_model(tp2_run, pp2_run, converted):
+    from filtertron.checkpoint.shards import load_model
     from filtertron.model import build_model
-    from filtertron.train.checkpoint import load_model
 
     for key in ("tp2->tp1", "pp2->pp1"):
         model, cfg, info = load_model(converted[key])
@@ -121,7 +121,7 @@ def test_round_trip_through_tp2_files_is_exact(pp2_run, tmp_path):
 
 
 def test_convert_rejects_an_impossible_layout(tmp_path, capsys):
-    from filtertron.train.checkpoint import commit
+    from filtertron.checkpoint.files import commit
 
     src = tmp_path / "checkpoints" / "step_00000001"
     src.mkdir(parents=True)

@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
+from filtertron.checkpoint import files as ckpt
 from filtertron.config import ConfigError, load_config
-from filtertron.train import checkpoint as ckpt
 
 
 def fake(root, step, commit=True, config=None):

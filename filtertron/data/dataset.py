@@ -159,11 +159,13 @@ class TokenDataset:
             self._indexed = IndexedDataset(str(self.prefix), mmap=True)
         return self._indexed
 
+    # Both readers return copies: megatron-core's IndexedDataset closes its memory map in
+    # __del__, so a view of it outliving this dataset would read unmapped memory (a segfault).
     def document(self, i: int) -> np.ndarray:
-        """Tokens of document ``i``, ending in the EOD token (a read-only view)."""
+        """Tokens of document ``i``, ending in the EOD token (a copy)."""
         if not -self.num_documents <= i < self.num_documents:
             raise IndexError(f"document {i} out of range for {self.num_documents} documents")
-        return self.indexed[i % self.num_documents]
+        return np.array(self.indexed[i % self.num_documents])
 
     def tokens(self, start: int, length: int) -> np.ndarray:
         """``length`` tokens of the split's token stream from position ``start``."""
@@ -171,7 +173,9 @@ class TokenDataset:
             raise IndexError(
                 f"tokens [{start}, {start + length}) out of range for {self.num_tokens} tokens"
             )
-        return self.indexed.bin_reader.read(self.dtype, length, start * self.dtype.itemsize)
+        return np.array(
+            self.indexed.bin_reader.read(self.dtype, length, start * self.dtype.itemsize)
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "metadata": self.metadata, "dtype": self.dtype}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +117,22 @@ def test_blending_edge_cases(train: SequenceDataset) -> None:
         BlendedDataset([train, train], [0.0, 0.0])
     with pytest.raises(ValueError, match="cannot fill one window"):
         SequenceDataset(train.data, train.data.num_tokens)
+
+
+def test_arrays_outlive_their_dataset(prepared: Path) -> None:
+    """megatron-core closes its memory map when the dataset is collected; our arrays must not
+    point into it. Run in a subprocess: a dangling view is a segfault, not an exception."""
+    code = f"""
+import gc, sys
+import numpy as np
+from filtertron.data import open_split
+ds = open_split({str(prepared)!r}, "train")
+doc, win = ds.document(0), ds.tokens(5, 40)
+want = (doc.tolist(), win.tolist())
+del ds
+gc.collect()
+junk = [np.ones(1 << 16) for _ in range(64)]
+sys.exit(0 if (doc.tolist(), win.tolist()) == want else 3)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"

@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "eval": ("filtertron.eval.cli", "perplexity, long context, robustness and diagnostics"),
     "convert": ("filtertron.parallel.convert", "consolidate or reshard a checkpoint"),
     "demo": ("filtertron.demo", "the end-to-end demo on the bundled sample corpus"),
+    "sweep": ("filtertron.scaling.sweep_cli", "scaling-law sweep: variants x sizes x budgets"),
+    "fit": ("filtertron.scaling.fit_cli", "fit scaling laws and compute multipliers to a table"),
 }
 
 

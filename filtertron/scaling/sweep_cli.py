@@ -102,10 +102,14 @@ def run(args: argparse.Namespace) -> int:
         if args.fit and n:
             from filtertron.scaling.analysis import analyze
             from filtertron.scaling.report import write_all
-            from filtertron.scaling.table import read_table
+            from filtertron.scaling.table import TableError, read_table
 
-            files = write_all(analyze(read_table(table), sweep.baseline), out / "fit")
-            print(f"fitted: {', '.join(str(f) for f in files)}")
+            try:
+                files = write_all(analyze(read_table(table), sweep.baseline), out / "fit")
+            except TableError as e:  # e.g. a variant with too few finished runs yet
+                print(f"not fitted: {e}", file=sys.stderr)
+            else:
+                print(f"fitted: {', '.join(str(f) for f in files)}")
         elif n:
             print(
                 f"fit with: filtertron fit {table} --out {out / 'fit'} --baseline {sweep.baseline}"

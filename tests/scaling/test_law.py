@@ -21,7 +21,16 @@ from filtertron.scaling.law import (
     intervals,
 )
 
-CHINCHILLA_CSV = Path("/work/shared/data/chinchilla_svg_extracted_data.csv")
+ROOT = Path(__file__).resolve().parents[2]
+# shared/data/ sits beside the checkout (or beside the worktrees' parent); see its README.
+CHINCHILLA_CSV = next(
+    (
+        d / "chinchilla_svg_extracted_data.csv"
+        for d in (ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data")
+        if (d / "chinchilla_svg_extracted_data.csv").is_file()
+    ),
+    ROOT.parent / "shared" / "data" / "chinchilla_svg_extracted_data.csv",
+)
 TRUE = ScalingLaw(E=1.82, A=482.0, B=2085.0, alpha=0.348, beta=0.366)
 
 

@@ -62,6 +62,10 @@ class Comparison:
     lo: np.ndarray
     hi: np.ndarray
     level: float
+    # Whether the frontier points behind each value lie inside the grid that was trained:
+    # the variant's N*(C) within its runs' sizes, and the baseline's N*(C_base) within its
+    # runs' sizes at a C_base within its runs' compute. False: the value is extrapolated.
+    in_grid: np.ndarray
 
     @property
     def verdicts(self) -> list[str]:
@@ -117,7 +121,19 @@ def compare(
         [multiplier(v, b, budgets) for v, b in zip(variant.boot_frontiers, baseline.boot_frontiers)]
     )  # (n_boot, budgets)
     bounds = np.array([_percentiles(boot[:, i], level) for i in range(len(budgets))])
-    return Comparison(np.asarray(budgets, float), value, bounds[:, 0], bounds[:, 1], level)
+    c = np.asarray(budgets, float)
+    c_base = value * c
+    in_grid = (
+        _within(variant.frontier.n_opt(c), variant.runs.n_params)
+        & _within(baseline.frontier.n_opt(c_base), baseline.runs.n_params)
+        & _within(c_base, baseline.runs.flops)
+    )
+    return Comparison(c, value, bounds[:, 0], bounds[:, 1], level, in_grid)
+
+
+def _within(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return (x >= grid.min() * 0.999) & (x <= grid.max() * 1.001)
 
 
 def analyze(

@@ -56,8 +56,11 @@ def fits_json(a: Analysis) -> dict[str, Any]:
                 "value": _num(v),
                 "ci": [_num(lo), _num(hi)],
                 "verdict": verdict,
+                "frontier_in_grid": bool(inside),
             }
-            for c, v, lo, hi, verdict in zip(cmp.budgets, cmp.value, cmp.lo, cmp.hi, cmp.verdicts)
+            for c, v, lo, hi, verdict, inside in zip(
+                cmp.budgets, cmp.value, cmp.lo, cmp.hi, cmp.verdicts, cmp.in_grid
+            )
         ]
         for name, cmp in a.comparisons.items()
     }
@@ -76,7 +79,9 @@ def result_rows(a: Analysis) -> list[dict[str, Any]]:
     rows = []
     for name, cmp in a.comparisons.items():
         frontier = a.fits[name].frontier
-        for c, v, lo, hi, verdict in zip(cmp.budgets, cmp.value, cmp.lo, cmp.hi, cmp.verdicts):
+        for c, v, lo, hi, verdict, inside in zip(
+            cmp.budgets, cmp.value, cmp.lo, cmp.hi, cmp.verdicts, cmp.in_grid
+        ):
             rows.append(
                 {
                     "variant": name,
@@ -89,6 +94,7 @@ def result_rows(a: Analysis) -> list[dict[str, Any]]:
                     "hi": f"{hi:.4g}",
                     "level": a.level,
                     "verdict": verdict,
+                    "frontier_in_grid": bool(inside),
                 }
             )
     return rows
@@ -124,16 +130,19 @@ def results_md(a: Analysis) -> str:
         f"## Compute multiplier against {a.baseline}",
         "",
         "The compute the baseline needs to reach the variant's frontier loss L*(C), divided by "
-        f"C; > 1: the variant is better. Verdict from the {pct}% interval.",
+        f"C; > 1: the variant is better. Verdict from the {pct}% interval. In grid: whether "
+        "the compute-optimal sizes behind the value lie within the sizes trained (no: the "
+        "value extrapolates the fitted laws).",
         "",
         f"| variant | C (FLOPs) | L* variant | L* {a.baseline} | multiplier | {pct}% interval "
-        "| verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| verdict | in grid |",
+        "|---" * 8 + "|",
     ]
     for r in result_rows(a):
         lines.append(
             f"| {r['variant']} | {r['flops']} | {r['loss']} | {r['baseline_loss']} | "
-            f"{r['multiplier']} | [{r['lo']}, {r['hi']}] | {r['verdict']} |"
+            f"{r['multiplier']} | [{r['lo']}, {r['hi']}] | {r['verdict']} | "
+            f"{'yes' if r['frontier_in_grid'] else 'no'} |"
         )
     profiles = [(n, p) for n, f in a.fits.items() for p in f.isoflop]
     if profiles:

@@ -7,7 +7,7 @@ closed forms in filtertron.scaling.compute.
 import numpy as np
 import pytest
 
-from filtertron.scaling.analysis import analyze
+from filtertron.scaling.analysis import analyze, compare
 from filtertron.scaling.compute import (
     FlopsModel,
     Frontier,
@@ -111,6 +111,12 @@ def test_known_multiplier_is_recovered_within_its_interval():
         assert cmp.value[i] == pytest.approx(truth, rel=0.15)
         assert cmp.lo[i] <= truth <= cmp.hi[i], (c, truth, cmp.lo[i], cmp.hi[i])
     assert cmp.verdicts == ["better"] * 3
+    # The optimal sizes at these budgets lie inside the trained grid; at 1e25 FLOPs they
+    # would be far above it, and the value is flagged as an extrapolation.
+    assert cmp.in_grid.all()
+    far = compare(a.fits["scaled"], a.fits["baseline"], np.array([1e25]), 0.95)
+    assert not far.in_grid[0]
+    assert float(a.fits["baseline"].frontier.n_opt(1e25)) > 1e10
 
 
 def test_flops_model_fit_recovers_a_power_law():

@@ -23,6 +23,10 @@ setup(
         "datasets",
         "pyarrow",
         "tensorboard",
+        # scaling-law fits and sweeps (filtertron.scaling)
+        "scipy>=1.11",
+        "threadpoolctl>=3",
+        "submitit>=1.5",
     ],
     extras_require={
         "mpi": ["mpi4py"],

@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "import": ("filtertron.hf.importer", "a Hugging Face GPT-2 as a filtertron checkpoint"),
     "generate": ("filtertron.generate", "greedy or sampled text from a checkpoint"),
     "demo": ("filtertron.demo", "the end-to-end demo on the bundled sample corpus"),
+    "sweep": ("filtertron.scaling.sweep_cli", "scaling-law sweep: variants x sizes x budgets"),
+    "fit": ("filtertron.scaling.fit_cli", "fit scaling laws and compute multipliers to a table"),
 }
 
 

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from filtertron.config import ModelConfig, RunConfig
-from filtertron.model.layout import layer_specs
-from filtertron.train.flops import flops_per_token
+from filtertron.train.flops import block_flops, flops_per_token
 
 log = logging.getLogger(__name__)
 
@@ -151,20 +150,11 @@ def peak_for(cfg: RunConfig, device: torch.device) -> Peak:
     )
 
 
-def block_forward_flops(cfg: ModelConfig, twicing: bool) -> float:
-    """Forward FLOPs per token of one block, in flops.py's convention (2 per multiply-add of
-    the matmuls; the attention scores and A.V counted once per attention pass, 2 for
-    twicing)."""
-    d, T = cfg.d_model, cfg.seq_len
-    return 2.0 * (4 * d * d + 2 * d * cfg.d_ff) + 4.0 * (2 if twicing else 1) * T * d
-
-
 def hardware_flops_per_token(cfg: ModelConfig, recomputed: list[int]) -> float:
     """Model FLOPs plus the forwards of the blocks ``recomputed`` by activation checkpointing
-    (block indices, each recomputed once per step)."""
-    specs = layer_specs(cfg)
-    extra = sum(block_forward_flops(cfg, specs[i].attention == "twicing") for i in recomputed)
-    return flops_per_token(cfg) + extra
+    (block indices, each recomputed once per step; a forward is a third of a block's
+    training FLOPs, :func:`filtertron.train.flops.block_flops`)."""
+    return flops_per_token(cfg) + sum(block_flops(cfg, i) / 3.0 for i in recomputed)
 
 
 class Utilization:

@@ -1,0 +1,117 @@
+"""``filtertron sweep SWEEP.yaml [--out DIR] [--set section.key=value ...]
+[--plan local|script|slurm] [--dry-run] [--resume] [--collect] [--fit]``.
+
+Expands the sweep file (:mod:`filtertron.scaling.sweep_config`) into runs, checks what DIR
+already holds, then: ``local`` trains the missing runs here one after another; ``script``
+writes one shell script per run; ``slurm`` submits them as one job array through submitit.
+Finished runs are skipped; interrupted ones continue with ``--resume``. Every invocation
+ends by writing DIR/table.csv from the finished runs (``--collect`` does only that);
+``--fit`` then fits it into DIR/fit (as ``filtertron fit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from filtertron.scaling import sweep as sw
+from filtertron.scaling.expand import expand
+from filtertron.scaling.sweep_config import load_sweep
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="sweep file (e.g. configs/sweeps/tiny.yaml)")
+    p.add_argument("--out", default=None, help="sweep directory (default runs/sweeps/NAME)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="run-config override for every run (repeatable), e.g. data.path=data/perl",
+    )
+    p.add_argument("--plan", choices=("local", "script", "slurm"), default="local")
+    p.add_argument("--dry-run", action="store_true", help="show the runs; change nothing")
+    p.add_argument("--resume", action="store_true", help="continue interrupted runs")
+    p.add_argument("--collect", action="store_true", help="only write table.csv")
+    p.add_argument("--fit", action="store_true", help="fit table.csv into DIR/fit at the end")
+    p.add_argument(
+        "--slurm-cluster",
+        choices=("slurm", "local", "debug"),
+        default="slurm",
+        help="submitit executor for --plan slurm (local/debug run the jobs on this machine)",
+    )
+    p.add_argument("--wait", action="store_true", help="--plan slurm: wait for the jobs")
+
+
+def _plan_lines(runs, statuses) -> list[str]:
+    lines = [
+        f"{'run':34s} {'status':12s} {'N':>9s} {'tokens':>10s} {'steps':>6s} "
+        f"{'FLOPs':>9s} {'lr':>8s} {'warmup':>6s}"
+    ]
+    for r in runs:
+        st, step = statuses[r.id]
+        st = f"{st} {step}" if st == "interrupted" else st
+        lines.append(
+            f"{r.id:34s} {st:12s} {r.params.non_embedding:9d} {r.tokens:10d} {r.steps:6d} "
+            f"{r.total_flops:9.3g} {r.config.train.lr:8.2e} {r.config.train.warmup:6d}"
+        )
+    total = sum(r.total_flops for r in runs)
+    lines.append(f"{len(runs)} runs, {total:.3g} training FLOPs in all")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    sweep, sweep_dir = load_sweep(args.sweep)
+    out = Path(args.out or f"runs/sweeps/{sweep.name}")
+    runs = expand(sweep, sweep_dir, out, args.overrides)
+    params = sw.slurm_parameters(sweep.slurm, sweep.name, len(runs))
+    if args.dry_run:
+        statuses = {r.id: sw.status(r) for r in runs}
+        print("\n".join(_plan_lines(runs, statuses)))
+        if args.plan == "slurm":
+            todo = [r for r in runs if statuses[r.id][0] != "finished"]
+            print(sw.slurm_preview(todo, params))
+        return 0
+    with sw.locked(out):
+        statuses = sw.check(runs, args.resume)
+        state = sw.State(out, sweep.name)
+        failures: list[str] = []
+        if not args.collect:
+            todo = sw.to_do(runs, statuses)
+            print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to do")
+            if args.plan == "local" and todo:
+                failures = sw.run_local(todo, state, args.resume)
+            elif args.plan == "script" and todo:
+                paths = sw.write_scripts(todo, out)
+                print(f"wrote {len(paths) - 1} scripts; run them all with {paths[-1]}")
+            elif args.plan == "slurm" and todo:
+                jobs = sw.submit_slurm(todo, out, params, args.slurm_cluster, state)
+                print(f"submitted {len(jobs)} jobs: {', '.join(str(j.job_id) for j in jobs)}")
+                if args.wait:
+                    for r, j in zip(todo, jobs):
+                        try:
+                            j.result()
+                        except Exception as e:  # submitit re-raises the job's error
+                            failures.append(f"{r.id}: {e}")
+        table, n = sw.write_table(runs, out)
+        print(f"wrote {table} ({n} of {len(runs)} runs)")
+        for f in failures:
+            print(f"failed: {f}", file=sys.stderr)
+        if args.fit and n:
+            from filtertron.scaling.analysis import analyze
+            from filtertron.scaling.report import write_all
+            from filtertron.scaling.table import TableError, read_table
+
+            try:
+                files = write_all(analyze(read_table(table), sweep.baseline), out / "fit")
+            except TableError as e:  # e.g. a variant with too few finished runs yet
+                print(f"not fitted: {e}", file=sys.stderr)
+            else:
+                print(f"fitted: {', '.join(str(f) for f in files)}")
+        elif n:
+            print(
+                f"fit with: filtertron fit {table} --out {out / 'fit'} --baseline {sweep.baseline}"
+            )
+    return 1 if failures else 0

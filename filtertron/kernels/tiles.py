@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 FLOOR = -60.0  # shifted logits are clamped here before exp, see Plan.exp_
@@ -46,10 +45,11 @@ class Plan:
         self.device, self.spec = device, spec
         self.biased = spec.position is not None
         self.perm = self.inv = None
+        self.heads = list(range(H))  # plan order: packed head i is head heads[i]
         self.live = [H] * self.nb  # live heads per block offset |b - c|
         self.width = None  # band per head, in plan order
         if spec.band is not None:
-            order = sorted(range(H), key=lambda h: -spec.band[h])
+            order = self.heads = sorted(range(H), key=lambda h: -spec.band[h])
             self.perm = torch.tensor(order, device=device)
             self.inv = torch.argsort(self.perm)
             self.width = [spec.band[h] for h in order]
@@ -68,27 +68,30 @@ class Plan:
     ) -> Tensor:
         """(B, H, T, d_i) or (B, H, T) parts -> (nb, H*B, bq, sum d_i + spare) tiles.
 
-        Parts sit side by side on the last axis (one copy each); heads are in plan order, T
-        is zero-padded to nb * bq; the spare columns are left unset. The first part is
-        multiplied by the per-head ``scale`` (H,) on the way (free: it is the same pass).
+        Parts sit side by side on the last axis; heads are in plan order, T is zero-padded to
+        nb * bq; the spare columns are left unset. The first part is multiplied by the
+        per-head ``scale`` (H,) on the way. One copy per (part, head), straight into place:
+        no padded or head-permuted intermediate.
         """
         parts = [x if x.dim() == 4 else x.unsqueeze(-1) for x in parts]
         widths = [x.shape[-1] for x in parts]
         shape = (self.nb, self.H * self.B, self.bq, sum(widths) + spare)
         out = parts[0].new_empty(shape) if out is None else out
-        view = out.view(self.nb, self.H, self.B, self.bq, -1)
+        tiles = out.view(self.nb, self.H, self.B, self.bq, -1).permute(2, 1, 0, 3, 4)
+        n, rem = divmod(self.T, self.bq)
         o = 0
         for x, w in zip(parts, widths, strict=True):
-            if self.nb * self.bq != self.T:
-                x = F.pad(x, (0, 0, 0, self.nb * self.bq - self.T))
-            if self.perm is not None:
-                x = x.index_select(1, self.perm)
-            x = x.reshape(self.B, self.H, self.nb, self.bq, w).permute(2, 1, 0, 3, 4)
-            if o == 0 and scale is not None:
-                s = self.order(scale).to(x.dtype).view(1, self.H, 1, 1, 1)
-                torch.mul(x, s, out=view[..., o : o + w])
-            else:
-                view[..., o : o + w].copy_(x)
+            dst = tiles[..., o : o + w]  # (B, H, nb, bq, w)
+            for i, h in enumerate(self.heads):
+                src = x[:, h]  # (B, T, w)
+                s = scale[h].to(x.dtype) if o == 0 and scale is not None else 1.0
+                if n:
+                    torch.mul(
+                        src[:, : n * self.bq].unflatten(1, (n, self.bq)), s, out=dst[:, i, :n]
+                    )
+                if rem:
+                    torch.mul(src[:, n * self.bq :], s, out=dst[:, i, n, :rem])
+                    dst[:, i, n, rem:] = 0.0
             o += w
         return out
 
@@ -96,17 +99,16 @@ class Plan:
         """Inverse of :meth:`pack` for one part, times a per-head ``scale`` (H,) if given:
         (nb, H*B, bq, d) -> (B, H, T, d), written into ``out`` (contiguous) if given.
         """
-        t = t.view(self.nb, self.H, self.B, self.bq, -1)
-        if self.inv is not None:
-            t = t.index_select(1, self.inv)
-        t = t.permute(2, 1, 0, 3, 4)  # (B, H, nb, bq, d)
+        t = t.view(self.nb, self.H, self.B, self.bq, -1).permute(2, 1, 0, 3, 4)  # (B, H, nb..)
         out = t.new_empty(self.B, self.H, self.T, t.shape[-1]) if out is None else out
-        s = 1.0 if scale is None else scale.to(t.dtype).view(1, self.H, 1, 1, 1)
-        n = self.T // self.bq
-        torch.mul(t[:, :, :n], s, out=out[:, :, : n * self.bq].view(t[:, :, :n].shape))
-        if n * self.bq < self.T:
-            s = s if scale is None else s.view(1, self.H, 1, 1)
-            torch.mul(t[:, :, -1, : self.T - n * self.bq], s, out=out[:, :, n * self.bq :])
+        n, rem = divmod(self.T, self.bq)
+        for i, h in enumerate(self.heads):
+            s = 1.0 if scale is None else scale[h].to(t.dtype)
+            dst = out[:, h]  # (B, T, d)
+            if n:
+                torch.mul(t[:, i, :n], s, out=dst[:, : n * self.bq].unflatten(1, (n, self.bq)))
+            if rem:
+                torch.mul(t[:, i, n, :rem], s, out=dst[:, n * self.bq :])
         return out
 
     def keys(self, b: int, diag_last: bool) -> list[tuple[int, int]]:
@@ -159,21 +161,23 @@ class Plan:
     def add_bias(self, L: Tensor, b: int, c: int, coef, n: int, sub=(ALL, ALL)) -> None:
         """Add -c_h f(i - j), the band and the masks to raw scores (n, rows, cols), in place.
 
-        ``sub`` = (rows, cols) slices of the tile when L covers part of it.
+        ``sub`` = (rows, cols) slices of the tile when L covers part of it. The summed bias is
+        cached per tile offset for the plan's life (one call), for the ``coef`` of that call.
         """
         mask = self._mask(b, c, L.dtype)
-        mask = None if mask is None else mask[sub]
         if coef is None:
             if mask is not None:
-                L.add_(mask)
+                L.add_(mask[sub])
             return
         h = n // self.B
-        bias = coef[:h, None, None, None] * -self.f(b, c, L.dtype)[sub]  # (h, 1, rows, cols)
-        band = self.band_mask(b, c, L.dtype)
-        if band is not None:
-            bias = bias + band[:h, :, sub[0], sub[1]]
-        if mask is not None:
-            bias = bias + mask
+        pad = (c + 1) * self.bq - self.T if mask is not None else 0
+        key = ("bias", b - c, mask is not None, pad, L.dtype)
+        if key not in self._cache:  # per plan (one call): coef is fixed, tiles repeat per offset
+            bias = coef[: self.live[abs(b - c)], None, None, None] * -self.f(b, c, L.dtype)
+            band = self.band_mask(b, c, L.dtype)
+            bias = bias if band is None else bias + band
+            self._cache[key] = bias if mask is None else bias + mask  # (h, 1, bq, bq)
+        bias = self._cache[key][:h, :, sub[0], sub[1]]
         L.view(h, self.B, *L.shape[1:]).add_(bias)
 
     def exp_(self, L: Tensor, b: int, c: int, sub=(ALL, ALL)) -> Tensor:

@@ -246,8 +246,9 @@ def flex_memory(a) -> None:
         print(f"  T={T:6d}  peak {mb:8.1f} MiB  ({mb * 2**20 / T / 1024:.2f} KiB per token)")
 
 
-def cuda_tables(a, rows) -> None:
-    """The CUDA tables (see the module docstring), within a time budget."""
+def cuda_tables(a, rows, device: str = "cuda") -> None:
+    """The CUDA tables (see the module docstring) within a time budget; ``device="cpu"`` only
+    smoke-tests this function where there is no GPU."""
     start, dtype = time.perf_counter(), torch.bfloat16
     Ts = [int(t) for t in a.cuda_seq.split(",")]
     plan = []  # (priority, D, T, label, impl)
@@ -269,20 +270,21 @@ def cuda_tables(a, rows) -> None:
         try:
             for grad in (False, True):
                 fn = (
-                    flash(shape, dtype, grad)
+                    flash(shape, dtype, grad, device)
                     if impl == "flash"
-                    else make_call(label, impl, shape, dtype, grad, "cuda")
+                    else make_call(label, impl, shape, dtype, grad, device)
                 )
-                ms = time_all({0: fn}, a.reps, "cuda")[0][0]
+                ms = time_all({0: fn}, a.reps, device)[0][0]
                 res["fb" if grad else "fwd"] = (
                     ms,
                     flops * (3.5 if grad else 1) / ms / 1e9,
-                    peak_mb(fn, "cuda"),
+                    peak_mb(fn, device),
                 )
         except Exception as err:  # noqa: BLE001 -- a failing impl is a result, not a crash
             res = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:100]}"}
         done[D, T, label, impl] = res
-        torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
     cols = ("fwd ms", "TF/s", "x fl", "f+b ms", "TF/s", "x fl", "MiB f+b")
     head = f"{'D':>4s} {'T':>6s} {'kind':19s} {'impl':9s} " + " ".join(f"{c:>8s}" for c in cols)
     print(

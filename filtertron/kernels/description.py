@@ -2,13 +2,16 @@
 
 Every kernel filtertron runs is, per batch b, head h, query i and key j (causal: j <= i),
 
-    logit_ij = s_h q_i . k_j + b_j - c_h f(i - j),   A = softmax_j(logit),   out = A V
+    logit_ij = s_h (q_i . k_j + b_j) - c_h f(i - j),   A = softmax_j(logit),   out = A V
     twicing:   out = 2 O1 - O2,   O1 = A V,   O2 = A O1
 
     s_h  content scale (H,):  softmax 1/sqrt(D) (or ``scale``); bilateral "dot" 1/h_y,
          "gaussian" 1/h_y^2
-    b_j  per-key bias (B, H, T): "gaussian" -||k_j||^2 / (2 h_y^2), else none. (The gaussian's
-         -||q_i||^2 / (2 h_y^2) is a per-row constant, which the softmax cancels.)
+    b_j  per-key bias (B, H, T), in units of the scale: "gaussian" -||k_j||^2 / 2, else none.
+         (The gaussian's -s_h ||q_i||^2 / 2 is a per-row constant, which the softmax cancels;
+         kernels may add it back to keep logits small, see triton_kernels.) Keeping b free of
+         h_y lets an impl return dL/ds_h = sum dS_ij (q_i . k_j + b_j) whole: split into a
+         scale part and a bias part, the two cancel in dh_y and their rounding does not.
     f    position function with per-head coefficient c_h (H,): "square" (i - j)^2 with
          c_h = 1 / (2 h_p^2) (bilateral), "linear" |i - j| with c_h = m_h (ALiBi), or none
     w_h  band (H,) int32: keys with |i - j| > w_h are left out,
@@ -61,7 +64,7 @@ class Kernel:
         k: (B, H, T, D) keys.
         v: (B, H, T, Dv) values.
         scale: (H,) content scale s_h (at least float32).
-        key_bias: (B, H, T) per-key bias b_j, or None.
+        key_bias: (B, H, T) per-key bias b_j in units of the scale, or None.
         position: "square", "linear" or None.
         coef: (H,) position coefficient c_h, or None with ``position``.
         band: (H,) int32 band w_h, or None (every key).
@@ -142,10 +145,10 @@ def band_width(position: str, coef: Tensor, eps: float, T: int) -> Tensor:
 def split_content(
     q: Tensor, k: Tensor, h_y: Tensor | None, content: str
 ) -> tuple[Tensor, Tensor | None]:
-    """The bilateral content logit as a per-head query scale and a per-key bias.
+    """The bilateral content logit as a per-head scale and a per-key bias.
 
-    C(q_i, k_j) = s q_i . k_j + b_j + (a per-row constant, which softmax ignores):
-    dot: s = 1 / h_y, b = None;  gaussian: s = 1 / h_y^2, b = -||k_j||^2 / (2 h_y^2).
+    C(q_i, k_j) = s (q_i . k_j + b_j) + (a per-row constant, which softmax ignores):
+    dot: s = 1 / h_y, b = None;  gaussian: s = 1 / h_y^2, b = -||k_j||^2 / 2.
 
     Args:
         q: (B, H, T, D) queries (for the default h_y and the dtype).
@@ -154,7 +157,7 @@ def split_content(
         content: "dot" or "gaussian".
 
     Returns:
-        s (H,) and b (B, H, T) or None, at least float32, differentiable in k and h_y.
+        s (H,) and b (B, H, T) or None, at least float32; s differentiable in h_y, b in k.
     """
     dtype = param_dtype(q.dtype)
     if h_y is None:
@@ -164,9 +167,7 @@ def split_content(
     hy = h_y.to(dtype)
     if content == "dot":
         return 1.0 / hy, None
-    hy2 = hy * hy
-    kk = k.to(dtype).square().sum(-1)  # (B, H, T)
-    return 1.0 / hy2, -kk / (2 * hy2[:, None])
+    return 1.0 / (hy * hy), -0.5 * k.to(dtype).square().sum(-1)  # (H,), (B, H, T)
 
 
 def describe(

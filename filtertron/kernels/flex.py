@@ -1,6 +1,6 @@
 """impl="flex": every kernel as one FlexAttention score_mod plus a banded block mask.
 
-    logit_ij = (s_h q_i) . k_j + b_j - (r_h (i - j))^2 - a_h |i - j|,  lo_h <= i - j <= hi_h
+    logit_ij = (s_h q_i) . k_j + s_h b_j - (r_h (i - j))^2 - a_h |i - j|,  lo_h <= i - j <= hi_h
 
 read off the kernel description (:mod:`filtertron.kernels.description`): the per-head scale
 is folded into q (FlexAttention gets scale 1, so every kernel shares one compiled graph per
@@ -109,7 +109,7 @@ def attend(kernel: Kernel) -> Tensor:
     q, k, v = kernel.q, kernel.k, kernel.v
     H, T, dtype = q.shape[1], q.shape[2], q.dtype
     qs = q * kernel.scale.to(dtype)[:, None, None]
-    kb = None if kernel.key_bias is None else kernel.key_bias.to(dtype)
+    kb = None if kernel.key_bias is None else (kernel.key_bias * kernel.scale[:, None]).to(dtype)
     r = ab = None
     if kernel.position == "square":
         r = kernel.coef.to(dtype).sqrt()

@@ -1,6 +1,6 @@
 """impl="reference": the kernel description run materialised, (B, H, T, T) logits in memory.
 
-    logit = s_h q k^T + b_j - c_h f(i - j),  -inf where j > i (causal) or |i - j| > w_h (band)
+    logit = s_h (q k^T + b_j) - c_h f(i - j),  -inf where j > i (causal) or |i - j| > w_h (band)
     A = softmax(logit) [dropout],  out = A V,  twicing: out = 2 A V - A (A V)
 
 Slow and plain PyTorch, so autograd differentiates it, dropout included (the one impl with
@@ -28,9 +28,10 @@ def logits(kernel: Kernel) -> Tensor:
     """(B, H, T, T) logits of the description, masked entries -inf, in q's dtype."""
     q, k = kernel.q, kernel.k
     T, dtype = q.shape[-2], q.dtype
-    out = torch.matmul(q, k.transpose(-1, -2)) * kernel.scale.to(dtype)[:, None, None]
+    out = torch.matmul(q, k.transpose(-1, -2))
     if kernel.key_bias is not None:
         out = out + kernel.key_bias.to(dtype)[..., None, :]
+    out = out * kernel.scale.to(dtype)[:, None, None]
     d = distance(T, q.device, dtype)
     if kernel.position is not None:  # in coef's dtype (>= fp32): d^2 overflows float16
         dc = distance(T, q.device, kernel.coef.dtype)

@@ -6,7 +6,7 @@ graph per device and dtype instead of one per kernel (each CPU compile costs 10-
     score_mod:  score + kb[b, h, j] - (r[h] (i - j))^2 - ab[h] |i - j|
         softmax: kb = 0, r = 0, ab = 0;  ALiBi ("linear"): ab = c_h = m_h
         bilateral ("square"): r = sqrt(c_h) = 1 / (sqrt(2) h_p); gaussian content adds the key
-        bias kb = -||k_j||^2 / (2 h_y^2)
+        bias kb = s_h b_j = -||k_j||^2 / (2 h_y^2)
 
 (r d)^2 rather than r^2 d^2 keeps the product small in 16-bit scores, and i - j is cast to
 the score dtype before squaring (int32 d^2 overflows past T = 46341).

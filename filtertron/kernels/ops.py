@@ -8,14 +8,15 @@
 
 The arguments are the fields of :class:`~filtertron.kernels.description.Kernel`; ``position``
 is "square", "linear" or "none", ``block`` an impl's tile size (0: its default). ``lse`` is
-the natural-log row log-sum-exp, ``o1`` the first pass A V of twicing and ``o32`` the output
+the row log-sum-exp in the impl's own units (tiled: natural log; triton: base 2), ``o1``
+the first pass A V of twicing and ``o32`` the output
 unrounded (float32, for 16-bit q only: the backward's delta = rowsum(dO * O) from a rounded O
 would not match the kernel's own P and dP, and the bias gradients would inherit that
 mismatch, 4x the error of a 16-bit PyTorch run in dh_y in our tests). All three are kept only
 when ``keep`` (a backward will follow); otherwise they are empty (0,) tensors. The gradients
 of scale and coef are computed only when asked for (else empty). The scale's gradient is
 dL/ds_h = sum_ij dS_ij q_i . k_j = <q, dq>_h / s_h (s_h enters only as s_h q_i . k_j); impls
-take it from unrounded values (fp32 dq, or the fp32 dS in the Triton dQ kernel).
+take it from unrounded values (fp32 dq, or the fp32 dS in the Triton dK dV kernel).
 
 Both ops get a fake (meta) implementation, so ``torch.compile`` traces a model around them
 with no graph break, and one autograd registration turns the backward op into the forward's

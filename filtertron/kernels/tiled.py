@@ -4,7 +4,7 @@ Runs any :class:`~filtertron.kernels.description.Kernel` (CPU and, slowly, CUDA)
 bias (two extra head dimensions for the positions would instead lose 1e-5..1e-3 in fp32 to
 cancellation for h_p <= 16 at T = 1024):
 
-    logit = s_h q_i . k_j + b_j - c_h f(i - j)      f = (i - j)^2 or |i - j|
+    logit = s_h (q_i . k_j + b_j) - c_h f(i - j)      f = (i - j)^2 or |i - j|
     forward: online softmax per query block (flash style), keeps lse;  out = A V
     backward: P = exp(logit - lse) recomputed per tile; dS = P * (dP - delta)
 
@@ -91,7 +91,7 @@ def _forward_chunk(q, k, kb, coef, v, scale, spec: TileSpec, keep: bool):
     ka = plan.pack(k, kb, spare=1) if kb is not None else plan.pack(k, spare=1)
     va = plan.pack(v, spare=Dv + 1 if spec.twice else 1)
     if kb is not None:
-        qa[..., D] = 1.0
+        _scale_column(plan, qa, D, scale)
     coefs = None if coef is None else plan.order(coef)
     out, lse = _tiled_forward(plan, qa, ka, va, coefs, Dq, Dv)
     o1 = None
@@ -102,6 +102,12 @@ def _forward_chunk(q, k, kb, coef, v, scale, spec: TileSpec, keep: bool):
     else:
         final = plan.untile(out)
     return final, plan.untile(lse).squeeze(-1) if keep else None, o1
+
+
+def _scale_column(plan: Plan, qa: Tensor, D: int, scale: Tensor) -> None:
+    """qa's column D = s_h per (head, batch) row, so that qa . ka adds s_h b_j."""
+    rows = qa.view(plan.nb, plan.H, plan.B, plan.bq, -1)
+    rows[..., D] = plan.order(scale).to(qa.dtype)[None, :, None, None]
 
 
 _local = threading.local()
@@ -137,11 +143,11 @@ def _backward_chunk(g, q, k, kb, coef, v, scale, out, lse, o1, spec: TileSpec, n
     Dq = D + (kb is not None)
     plan = Plan(B, H, T, spec, g.device)
     nb, HB, bq = plan.nb, H * B, plan.bq
-    # Operands as tiles: qa = [s q, (1), -lse], ka = [k, (b), 1], va = [V, (O1), 1], so that
+    # Operands as tiles: qa = [s q, (s), -lse], ka = [k, (b), 1], va = [V, (O1), 1], so that
     # qa . ka = logit - lse and [dO, -delta] . va = dP - delta are single matmuls.
     qa = plan.pack(q, spare=1 + (kb is not None), scale=scale)
     if kb is not None:
-        qa[..., D] = 1.0
+        _scale_column(plan, qa, D, scale)
     qa[..., Dq:] = plan.pack(lse).neg_()
     ka = plan.pack(k, kb, spare=1) if kb is not None else plan.pack(k, spare=1)
     ka[..., Dq] = 1.0
@@ -185,9 +191,11 @@ def _backward_chunk(g, q, k, kb, coef, v, scale, out, lse, o1, spec: TileSpec, n
                 dcoef[: n // B] -= fs.sum(-1, dtype=torch.float64)
     if dcoef is not None:
         dcoef = (dcoef if plan.perm is None else dcoef[plan.inv]).to(g.dtype)
-    dkb = plan.untile(dk[..., D:]).squeeze(-1) if kb is not None else None
+    dkb = dsb = None
+    if kb is not None:  # d b_j = s sum_i dS_ij (ka's b column met qa's s column)
+        dkb, dsb = plan.untile(dk[..., D:]).squeeze(-1), plan.untile(dq[..., D:]).squeeze(-1)
     d_q, d_k = plan.untile(dq[..., :D], scale=scale), plan.untile(dk[..., :D])  # qa holds s q
-    return d_q, d_k, dkb, dcoef, plan.untile(dv)
+    return d_q, d_k, dkb, dcoef, plan.untile(dv), dsb
 
 
 @functools.cache
@@ -296,12 +304,15 @@ def _backward(
     o1 = o1 if twice else None
     parts = (g, q, k, key_bias, coef, v, scale, out, lse, o1)
     args = [(*(_take(t, c) for t in parts), _chunk_spec(spec, c), need) for c in chunks]
-    dq, dk, dkb, dcoef, dv = (
+    dq, dk, dkb, dcoef, dv, dsb = (
         _join(list(r), chunks, B, H) for r in zip(*_map(_backward_chunk, args), strict=True)
     )
     dkb = ops._empty(q) if dkb is None else dkb
     dcoef = ops._empty(q) if dcoef is None else dcoef
-    dscale = (q * dq).sum((0, 2, 3)) / scale if need_scale else ops._empty(q)  # <q, dq> / s
+    dscale = ops._empty(q)
+    if need_scale:  # sum dS_ij (q_i . k_j + b_j) = <q, dq> / s + sum_ij dS_ij b_j
+        dscale = (q * dq).sum((0, 2, 3)) / scale
+        dscale = dscale if dsb is None else dscale + dsb.sum((0, 2))
     return dq.to(dtype), dk.to(dtype), dv.to(dtype), dscale, dkb, dcoef
 
 

@@ -2,25 +2,37 @@
 
 Flash-attention style (Triton tutorial 06, FlashAttention-2), per (batch, head) program row:
 
-    logit_ij = s_h q_i . k_j + b_j - c_h f(i - j),   f = (i - j)^2 ("square") or |i - j|
+    logit_ij = s_h (q_i . k_j + b_j) - c_h f(i - j),   f = (i - j)^2 ("square") or |i - j|
 
-computed in base 2 (exp2, logits times log2 e); the spatial / ALiBi term comes from the block
-indices and the per-head c_h, loaded once. Keys are visited in three ranges per query block:
-band edge (masked), interior (no mask), and diagonal / ragged end (masked), so masks cost
+computed in base 2 (exp2) as s' q.k + b'_j - c' f with s' = s log2 e, b' = s b log2 e and
+c' = c log2 e rounded once from float64 on the host (the gaussian's |s b| is 20 or more: a
+second fp32 rounding there shifts each key's P by 1e-6, which the bias gradients sum up);
+the spatial / ALiBi term comes from the block indices and the per-head c_h, loaded once.
+Keys are visited in three ranges per
+query block: band edge (masked), interior (no mask), diagonal / ragged end (masked), so masks cost
 only where a block crosses the causal diagonal, the band edge w_h or T. The band w_h is read
 from the description's (H,) int32 tensor on the device: each program computes its own key
 range from it, so no host copy happens per call.
 
-- :func:`attn_fwd` (FIRST): online softmax, O = A V and the row lse (natural log); for 16-bit
+- :func:`attn_fwd` (FIRST): online softmax, O = A V and the row lse in base 2 (the units the
+  backward recomputes P in: a conversion to natural log and back would shift every P of a
+  row by the same rounding, which the bias gradients sum up); for 16-bit
   inputs under a backward also O unrounded in float32 (the backward's delta needs it).
   (SECOND, twicing): O2 = sum_j exp(logit_ij - lse_i) O1_j with the first pass's lse and no
   rescaling, then out = 2 O1 - O2 in the epilogue.
-- :func:`attn_bwd_kv`: one program per key block, looping over query blocks: dV = P^T dO,
-  dK = s dS^T Q, and, per key, d b_j = sum_i dS_ij and sum_i dS_ij f(i - j) (the coefficient's
-  gradient, summed over keys afterwards): no atomics, so repeated backwards are bit-identical.
-  MODE 1 (twicing) computes X = A^T G only; MODE 2 uses dP = dO1 V^T - G O1^T.
-- :func:`attn_bwd_q`: one program per query block: dQ = s dS K and, per query,
-  sum_j dS_ij q_i . k_j (the content scale's gradient, from fp32 dS) (MODE 2 as above).
+- :func:`attn_bwd_q` (runs first): one program per query block: dQ = s dS K, the row sums
+  r_i = sum_j dS_ij (zero in exact arithmetic) and, per query, the coefficient's gradient
+  sum_j (dS_ij - P_ij r_i) f(i - j). The backward recomputes P, rounding differently from the
+  forward, so delta = rowsum(dO O) misses sum_j P dP by r_i ~ 1e-6 |dO||V|; f up to T^2
+  multiplied that up (dh_p 30x the error of a float32 PyTorch run at T = 130, D = 128).
+- :func:`attn_bwd_kv`: one program per key block, looping over query blocks, with delta + r
+  (every row of its dS sums to zero again): dV = P^T dO, dK = s dS^T Q, and per key
+  d b_j = s sum_i dS_ij and sum_i dS_ij (q_i . k_j + b_j [- lse_i / s]), the content scale's
+  gradient (the gaussian's q.k + b ~ -||k||^2 / 2 is a large common offset; the row constant
+  lse_i / s, whose sum_j dS_ij is 0, removes it; 5x smaller dh_y error at D = 128).
+  Per-query and per-key partial sums are added up afterwards in torch: no atomics, so
+  repeated backwards are bit-identical. MODE 1 (twicing) computes X = A^T G only; MODE 2
+  uses dP = dO1 V^T - G O1^T (MODE 2 the same in dQ).
   dS = P (dP - delta), delta_i = sum_d dO_i O_i (twicing: dO1_i . O1_i - G_i . O2_i).
 
 DOT: 0 native 16-bit tensor-core dots (fp32 accumulate); 1 fp32 "ieee"; 2 fp32 "tf32";
@@ -35,7 +47,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634
 LN2: tl.constexpr = 0.6931471805599453
 NEG: tl.constexpr = -1.0e30  # masked logit: finite, so a fully masked block gives no NaN
 
@@ -83,11 +94,11 @@ def _keep(rows, cols, T, w, CAUSAL: tl.constexpr, BANDED: tl.constexpr):
 
 @triton.jit
 def _head(S, C, W, h, T, POSITION: tl.constexpr, BANDED: tl.constexpr):
-    """(content scale in log2 units, position coefficient in log2 units, band) of head h."""
-    s2 = tl.load(S + h) * LOG2E
+    """(content scale, position coefficient, both in log2 units, and band) of head h."""
+    s2 = tl.load(S + h)
     c2 = 0.0
     if POSITION != 0:
-        c2 = tl.load(C + h) * LOG2E
+        c2 = tl.load(C + h)
     w = T
     if BANDED:
         w = tl.load(W + h)
@@ -132,7 +143,7 @@ def _fwd_inner(acc, l_i, m_i, q, lse2, K, V, KB, offs_m, lo, hi, s2, c2, w, T, D
         )
         qk = _dot(q, kt, DOT) * s2
         if HAS_KB:
-            qk += tl.load(KB + offs_n, mask=offs_n < T, other=0.0)[None, :] * LOG2E
+            qk += tl.load(KB + offs_n, mask=offs_n < T, other=0.0)[None, :]
         if POSITION != 0:
             qk -= _position(offs_m[:, None], offs_n[None, :], c2, POSITION)
         if MASKED:
@@ -194,7 +205,7 @@ def attn_fwd(Q, K, V, S, KB, C, W, O, O32, O1F, LSE,
     )
     lse2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     if SECOND:
-        lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0) * LOG2E
+        lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0)
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + NEG
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -221,7 +232,7 @@ def attn_fwd(Q, K, V, S, KB, C, W, O, O32, O1F, LSE,
     else:
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # only rows past T, which are not stored
         out = acc / l_safe[:, None]
-        tl.store(LSE + offs_m, (m_i + tl.math.log2(l_safe)) * LN2, mask=row_ok)
+        tl.store(LSE + offs_m, m_i + tl.math.log2(l_safe), mask=row_ok)  # base 2
     tl.store(O + offs_m[:, None] * DV + offs_dv[None, :], out.to(O.dtype.element_ty),
              mask=out_mask)  # fmt: skip
     if STORE32:
@@ -229,11 +240,11 @@ def attn_fwd(Q, K, V, S, KB, C, W, O, O32, O1F, LSE,
 
 
 @triton.jit
-def _bwd_kv_inner(dk, dv, dkb, dc, k, v, v2, kb2, Q, DO, DO2, LSE, DELTA, offs_n, lo, hi,
+def _bwd_kv_inner(dk, dv, dkb, dsk, k, v, v2, kb2, Q, DO, DO2, LSE, DELTA, offs_n, lo, hi,
                   s2, c2, w, T, D, DV, stride_qt, stride_qd,
                   BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                   CAUSAL: tl.constexpr, POSITION: tl.constexpr, HAS_KB: tl.constexpr,
-                  BANDED: tl.constexpr, MODE: tl.constexpr, NEED_C: tl.constexpr,
+                  BANDED: tl.constexpr, MODE: tl.constexpr, NEED_S: tl.constexpr,
                   MASKED: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -245,10 +256,12 @@ def _bwd_kv_inner(dk, dv, dkb, dc, k, v, v2, kb2, Q, DO, DO2, LSE, DELTA, offs_n
             mask=row_ok[None, :] & (offs_d[:, None] < D),
             other=0.0,
         )
-        lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0) * LOG2E
-        st = _dot(k, qt, DOT) * s2  # (BLOCK_N, BLOCK_M): logits transposed
+        lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0)
+        raw = _dot(k, qt, DOT)  # (BLOCK_N, BLOCK_M): k_j . q_i
+        st = raw * s2  # content logits s (q.k + b), transposed, in log2 units
         if HAS_KB:
             st += kb2[:, None]
+        content = st
         if POSITION != 0:
             st -= _position(offs_m[None, :], offs_n[:, None], c2, POSITION)
         pt = tl.math.exp2(st - lse2[None, :])
@@ -268,15 +281,16 @@ def _bwd_kv_inner(dk, dv, dkb, dc, k, v, v2, kb2, Q, DO, DO2, LSE, DELTA, offs_n
             dk += _dot(dst.to(qt.dtype), tl.trans(qt), DOT)
             if HAS_KB:
                 dkb += tl.sum(dst, 1)
-            if NEED_C:
-                d = (offs_m[None, :] - offs_n[:, None]).to(tl.float32)
-                f = d * d if POSITION == 1 else tl.abs(d)
-                dc += tl.sum(dst * f, 1)
-    return dk, dv, dkb, dc
+            if NEED_S:
+                if HAS_KB:  # q.k + b - lse_i / s: the row constant's sum_j dS_ij is 0, and
+                    # without it the gaussian's q.k + b ~ -||k||^2 / 2 is a large common offset
+                    raw = (content - lse2[None, :]) / s2
+                dsk += tl.sum(dst * raw, 1).to(tl.float64)
+    return dk, dv, dkb, dsk
 
 
 @triton.jit
-def attn_bwd_kv(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DK, DV_OUT, DKB, DC,
+def attn_bwd_kv(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DK, DV_OUT, DKB, DSK,
                 stride_qb, stride_qh, stride_qt, stride_qd,
                 stride_kb, stride_kh, stride_kt, stride_kd,
                 stride_vb, stride_vh, stride_vt, stride_vd,
@@ -284,8 +298,9 @@ def attn_bwd_kv(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DK, DV_OUT, DKB, 
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, POSITION: tl.constexpr,
                 HAS_KB: tl.constexpr, BANDED: tl.constexpr, MODE: tl.constexpr,
-                NEED_C: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
-    """One key block of one (batch, head): dK, dV (or X), d key bias and sum_i dS f per key."""
+                NEED_S: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
+    """One key block of one (batch, head): dK, dV (or X), and per key d b_j = sum_i dS_ij,
+    sum_i dS_ij f(i - j) (coefficient) and sum_i dS_ij q_i . k_j (content scale)."""
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
@@ -298,7 +313,7 @@ def attn_bwd_kv(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DK, DV_OUT, DKB, 
     LSE += row
     DELTA += row
     DKB += row
-    DC += row
+    DSK += row
     DO += row * DV
     V2 += row * DV
     DO2 += row * DV
@@ -318,11 +333,11 @@ def attn_bwd_kv(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DK, DV_OUT, DKB, 
         v2 = tl.load(V2 + offs_n[:, None] * DV + offs_dv[None, :], mask=v_mask, other=0.0)
     kb2 = tl.zeros([BLOCK_N], dtype=tl.float32)
     if HAS_KB:
-        kb2 = tl.load(KB + offs_n, mask=col_ok, other=0.0) * LOG2E
+        kb2 = tl.load(KB + offs_n, mask=col_ok, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     dkb = tl.zeros([BLOCK_N], dtype=tl.float32)
-    dc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    dsk = tl.zeros([BLOCK_N], dtype=tl.float64)
     lo, a, b_end, hi = _ranges(start_n, BLOCK_N, BLOCK_M, T, w, BANDED)
     if CAUSAL:  # queries i >= j: the diagonal blocks are the masked left end
         lo = _floor(start_n, BLOCK_M)
@@ -334,31 +349,33 @@ def attn_bwd_kv(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DK, DV_OUT, DKB, 
         b_end = tl.where(ragged, lo, b_end)
     b_end = tl.maximum(a, b_end)
     ins = (k, v, v2, kb2, Q, DO, DO2, LSE, DELTA, offs_n)
-    consts = (BLOCK_M, BLOCK_D, BLOCK_DV, CAUSAL, POSITION, HAS_KB, BANDED, MODE, NEED_C)
-    dk, dv, dkb, dc = _bwd_kv_inner(dk, dv, dkb, dc, *ins, lo, a, s2, c2, w, T, D, DV,
-                                    stride_qt, stride_qd, *consts, True, DOT)  # fmt: skip
-    dk, dv, dkb, dc = _bwd_kv_inner(dk, dv, dkb, dc, *ins, a, b_end, s2, c2, w, T, D, DV,
-                                    stride_qt, stride_qd, *consts, False, DOT)  # fmt: skip
-    dk, dv, dkb, dc = _bwd_kv_inner(dk, dv, dkb, dc, *ins, b_end, hi, s2, c2, w, T, D, DV,
-                                    stride_qt, stride_qd, *consts, True, DOT)  # fmt: skip
+    consts = (BLOCK_M, BLOCK_D, BLOCK_DV, CAUSAL, POSITION, HAS_KB, BANDED, MODE, NEED_S)
+    acc = (dk, dv, dkb, dsk)
+    acc = _bwd_kv_inner(*acc, *ins, lo, a, s2, c2, w, T, D, DV, stride_qt, stride_qd, *consts,
+                        True, DOT)  # fmt: skip
+    acc = _bwd_kv_inner(*acc, *ins, a, b_end, s2, c2, w, T, D, DV, stride_qt, stride_qd, *consts,
+                        False, DOT)  # fmt: skip
+    dk, dv, dkb, dsk = _bwd_kv_inner(*acc, *ins, b_end, hi, s2, c2, w, T, D, DV, stride_qt,
+                                         stride_qd, *consts, True, DOT)  # fmt: skip
     tl.store(DV_OUT + offs_n[:, None] * DV + offs_dv[None, :],
              dv.to(DV_OUT.dtype.element_ty), mask=v_mask)  # fmt: skip
     if MODE != 1:
         s = s2 * LN2
         tl.store(DK + offs_n[:, None] * D + offs_d[None, :], (dk * s).to(DK.dtype.element_ty),
                  mask=col_ok[:, None] & (offs_d[None, :] < D))  # fmt: skip
-        if HAS_KB:
-            tl.store(DKB + offs_n, dkb, mask=col_ok)
-        if NEED_C:
-            tl.store(DC + offs_n, dc, mask=col_ok)
+        if HAS_KB:  # d b_j = s sum_i dS_ij
+            tl.store(DKB + offs_n, dkb * s, mask=col_ok)
+        if NEED_S:
+            tl.store(DSK + offs_n, dsk, mask=col_ok)
 
 
 @triton.jit
-def _bwd_q_inner(dq, dsq, q, do, do2, lse2, delta, K, V, V2, KB, offs_m, lo, hi, s2, c2, w, T,
-                 D, DV, stride_kt, stride_kd, stride_vt, stride_vd,
+def _bwd_q_inner(dq, rs, dc, pf, q, do, do2, lse2, delta, K, V, V2, KB, offs_m, lo, hi, s2, c2,
+                 w, T, D,
+                 DV, stride_kt, stride_kd, stride_vt, stride_vd,
                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                  CAUSAL: tl.constexpr, POSITION: tl.constexpr, HAS_KB: tl.constexpr,
-                 BANDED: tl.constexpr, MODE: tl.constexpr, NEED_S: tl.constexpr,
+                 BANDED: tl.constexpr, MODE: tl.constexpr, NEED_C: tl.constexpr,
                  MASKED: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -370,10 +387,9 @@ def _bwd_q_inner(dq, dsq, q, do, do2, lse2, delta, K, V, V2, KB, offs_m, lo, hi,
         vt_mask = col_ok[None, :] & (offs_dv[:, None] < DV)
         vt = tl.load(V + offs_n[None, :] * stride_vt + offs_dv[:, None] * stride_vd,
                      mask=vt_mask, other=0.0)  # fmt: skip
-        raw = _dot(q, kt, DOT)  # q_i . k_j
-        qk = raw * s2
+        qk = _dot(q, kt, DOT) * s2
         if HAS_KB:
-            qk += tl.load(KB + offs_n, mask=col_ok, other=0.0)[None, :] * LOG2E
+            qk += tl.load(KB + offs_n, mask=col_ok, other=0.0)[None, :]
         if POSITION != 0:
             qk -= _position(offs_m[:, None], offs_n[None, :], c2, POSITION)
         p = tl.math.exp2(qk - lse2[:, None])
@@ -385,13 +401,17 @@ def _bwd_q_inner(dq, dsq, q, do, do2, lse2, delta, K, V, V2, KB, offs_m, lo, hi,
             dp -= _dot(do2, v2t, DOT)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(kt.dtype), tl.trans(kt), DOT)
-        if NEED_S:
-            dsq += tl.sum(ds * raw, 1)
-    return dq, dsq
+        rs += tl.sum(ds, 1)
+        if NEED_C:
+            d = (offs_m[:, None] - offs_n[None, :]).to(tl.float32)
+            f = d * d if POSITION == 1 else tl.abs(d)
+            dc += tl.sum(ds * f, 1)
+            pf += tl.sum(p * f, 1)
+    return dq, rs, dc, pf
 
 
 @triton.jit
-def attn_bwd_q(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DQ, DSQ,
+def attn_bwd_q(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DQ, RS, DC,
                stride_qb, stride_qh, stride_qt, stride_qd,
                stride_kb, stride_kh, stride_kt, stride_kd,
                stride_vb, stride_vh, stride_vt, stride_vd,
@@ -399,8 +419,9 @@ def attn_bwd_q(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DQ, DSQ,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, POSITION: tl.constexpr,
                HAS_KB: tl.constexpr, BANDED: tl.constexpr, MODE: tl.constexpr,
-               NEED_S: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
-    """One query block of one (batch, head): dQ and sum_j dS_ij q_i . k_j per query."""
+               NEED_C: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
+    """One query block of one (batch, head): dQ, the row sums sum_j dS_ij into RS, and
+    (NEED_C) per query sum_j dS_ij f(i - j), the coefficient's gradient, into DC."""
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
@@ -416,7 +437,8 @@ def attn_bwd_q(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DQ, DSQ,
     V2 += row * DV
     DO2 += row * DV
     DQ += row * D
-    DSQ += row
+    RS += row
+    DC += row
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -428,10 +450,12 @@ def attn_bwd_q(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DQ, DSQ,
     do2 = do
     if MODE == 2:
         do2 = tl.load(DO2 + offs_m[:, None] * DV + offs_dv[None, :], mask=do_mask, other=0.0)
-    lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0) * LOG2E
+    lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    dsq = tl.zeros([BLOCK_M], dtype=tl.float32)
+    rs = tl.zeros([BLOCK_M], dtype=tl.float32)
+    dc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    pf = tl.zeros([BLOCK_M], dtype=tl.float32)
     lo, a, b_end, hi = _ranges(start_m, BLOCK_M, BLOCK_N, T, w, BANDED)
     if CAUSAL:
         hi = tl.minimum(start_m + BLOCK_M, T)
@@ -441,14 +465,14 @@ def attn_bwd_q(Q, K, V, S, KB, C, W, LSE, DELTA, DO, V2, DO2, DQ, DSQ,
     b_end = tl.maximum(a, b_end)
     ins = (q, do, do2, lse2, delta, K, V, V2, KB, offs_m)
     strides = (stride_kt, stride_kd, stride_vt, stride_vd)
-    consts = (BLOCK_N, BLOCK_D, BLOCK_DV, CAUSAL, POSITION, HAS_KB, BANDED, MODE, NEED_S)
-    dq, dsq = _bwd_q_inner(dq, dsq, *ins, lo, a, s2, c2, w, T, D, DV, *strides, *consts, True,
-                           DOT)  # fmt: skip
-    dq, dsq = _bwd_q_inner(dq, dsq, *ins, a, b_end, s2, c2, w, T, D, DV, *strides, *consts,
-                           False, DOT)  # fmt: skip
-    dq, dsq = _bwd_q_inner(dq, dsq, *ins, b_end, hi, s2, c2, w, T, D, DV, *strides, *consts,
-                           True, DOT)  # fmt: skip
-    if NEED_S:
-        tl.store(DSQ + offs_m, dsq, mask=row_ok)
+    consts = (BLOCK_N, BLOCK_D, BLOCK_DV, CAUSAL, POSITION, HAS_KB, BANDED, MODE, NEED_C)
+    acc = (dq, rs, dc, pf)
+    tail = (s2, c2, w, T, D, DV, *strides, *consts)
+    acc = _bwd_q_inner(*acc, *ins, lo, a, *tail, True, DOT)
+    acc = _bwd_q_inner(*acc, *ins, a, b_end, *tail, False, DOT)
+    dq, rs, dc, pf = _bwd_q_inner(*acc, *ins, b_end, hi, *tail, True, DOT)
+    tl.store(RS + offs_m, rs, mask=row_ok)
+    if NEED_C:  # sum_j (dS_ij - P_ij r_i) f(i - j): the row's dS made to sum to 0
+        tl.store(DC + offs_m, dc - rs * pf, mask=row_ok)
     tl.store(DQ + offs_m[:, None] * D + offs_d[None, :], (dq * (s2 * LN2)).to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d[None, :] < D))  # fmt: skip

@@ -5,11 +5,12 @@ Launches the kernels of :mod:`filtertron.kernels.triton_kernels` for any kernel 
 non-powers of two, fp32 / bf16 / fp16, the band w_h read on the device):
 
     forward:   FIRST pass O1 = A V and lse;  twicing: SECOND pass out = 2 O1 - A O1 (same lse)
-    backward:  delta = rowsum(dO * O); dK dV (+ d key bias, sum_i dS f per key) per key
-               block; dQ per query block. Twicing: X = A^T G first (MODE 1), dO1 = 2 G - X,
-               then both with dP = dO1 V^T - G O1^T (MODE 2): two flash-style passes, no
-               T x T memory. The coefficient gradient -sum_j (sum_i dS_ij f) is summed over
-               keys here, after the kernel (deterministic, no atomics).
+    backward:  delta = rowsum(dO * O); dQ per query block (with the row sums of dS and the
+               coefficient's per-query partial sums); then dK dV per key block with delta +
+               those row sums (d key bias and the scale's per-key partial sums). Twicing:
+               X = A^T G first (MODE 1), dO1 = 2 G - X, then both with dP = dO1 V^T - G O1^T
+               (MODE 2): flash-style passes, no T x T memory. Partial sums are added here,
+               after the kernels (deterministic, no atomics).
 
 fp32 inputs use IEEE fp32 dots unless torch allows TF32 matmuls
 (``torch.backends.cuda.matmul.allow_tf32``), the same rule as torch's own fp32 matmul.
@@ -20,6 +21,7 @@ this module is imported), which the tests use.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -31,6 +33,7 @@ from filtertron.kernels.description import Kernel
 from filtertron.kernels.triton_kernels import attn_bwd_kv, attn_bwd_q, attn_fwd
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+LOG2E = 1.0 / math.log(2.0)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 128
 _POSITION = {"none": 0, "square": 1, "linear": 2}
@@ -61,10 +64,16 @@ def _common(q, k, v, scale, key_bias, coef, band, position, causal):
     """Launch arguments shared by every kernel of one call."""
     B, H, T, D = q.shape
     f32 = torch.float32
-    kb = q.new_empty(1, dtype=f32) if key_bias is None else key_bias.to(f32).contiguous()
-    c = q.new_empty(1, dtype=f32) if coef is None else coef.to(f32).contiguous()
+
+    def log2(t):  # in base-2 units, rounded once from float64 (see triton_kernels)
+        return (t.detach().double() * LOG2E).to(f32).contiguous()
+
+    kb = q.new_empty(1, dtype=f32)
+    if key_bias is not None:  # s_h b_j in base-2 units
+        kb = log2(key_bias.detach().double() * scale.detach().double()[:, None])
+    c = q.new_empty(1, dtype=f32) if coef is None else log2(coef)
     w = q.new_empty(1, dtype=torch.int32) if band is None else band.to(torch.int32).contiguous()
-    heads = (scale.to(f32).contiguous(), kb, c, w)
+    heads = (log2(scale), kb, c, w)
     const = {
         "BLOCK_D": _pow2(D),
         "BLOCK_DV": _pow2(v.shape[-1]),
@@ -124,11 +133,11 @@ def _backward(
     g = g.to(dtype).contiguous()
     dk, dv = q.new_empty(q.shape), q.new_empty((B, H, T, Dv))  # contiguous
     dkb = q.new_zeros((B, H, T), dtype=f32)
-    dc = q.new_zeros((B, H, T), dtype=f32)
+    dc = q.new_zeros((B, H, T), dtype=f32)  # per query: sum_j dS_ij f(i - j)
     if twice:
         X = q.new_empty((B, H, T, Dv), dtype=f32)  # A^T G
-        cols = (lse, lse, g, g, g, dk, X, dkb, dc)  # delta, V2, DO2 unused in MODE 1
-        attn_bwd_kv[kv_grid](q, k, v, *heads, *cols, *strides, *dims, MODE=1, NEED_C=False, **kv)
+        cols = (lse, lse, g, g, g, dk, X, dkb, dkb)  # delta, V2, DO2 unused in MODE 1
+        attn_bwd_kv[kv_grid](q, k, v, *heads, *cols, *strides, *dims, MODE=1, NEED_S=False, **kv)
         do = (2 * g.float() - X).to(dtype)  # dO1 = 2 G - A^T G
         o2 = 2 * o1 - out.float()  # the second pass's A O1, as the kernel summed it
         delta = (do.float() * o1).sum(-1) - (g.float() * o2).sum(-1)
@@ -137,12 +146,16 @@ def _backward(
         do, v2, do2, mode = g, g, g, 0
         delta = (g.float() * out.float()).sum(-1)
     delta = delta.contiguous()
-    cols = (lse, delta, do, v2, do2, dk, dv, dkb, dc)
-    attn_bwd_kv[kv_grid](q, k, v, *heads, *cols, *strides, *dims, MODE=mode, NEED_C=need, **kv)
-    dq, dsq = q.new_empty(q.shape), q.new_zeros((B, H, T), dtype=f32)
-    cols = (lse, delta, do, v2, do2, dq, dsq)
-    attn_bwd_q[q_grid](q, k, v, *heads, *cols, *strides, *dims, MODE=mode, NEED_S=need_scale, **qk)
-    dscale = dsq.sum((0, 2)) if need_scale else ops._empty(q)
+    dq, rows = q.new_empty(q.shape), q.new_empty((B, H, T), dtype=f32)
+    cols = (lse, delta, do, v2, do2, dq, rows, dc)
+    attn_bwd_q[q_grid](q, k, v, *heads, *cols, *strides, *dims, MODE=mode, NEED_C=need, **qk)
+    delta = delta + rows  # every row of dS sums to 0 again (triton_kernels docstring)
+    dsk = q.new_zeros((B, H, T), dtype=torch.float64)
+    cols = (lse, delta, do, v2, do2, dk, dv, dkb, dsk)
+    attn_bwd_kv[kv_grid](
+        q, k, v, *heads, *cols, *strides, *dims, MODE=mode, NEED_S=need_scale, **kv
+    )
+    dscale = dsk.sum((0, 2)).float() if need_scale else ops._empty(q)
     dcoef = -dc.sum((0, 2)) if need else ops._empty(q)
     return dq, dk, dv, dscale, dkb if key_bias is not None else ops._empty(q), dcoef
 

@@ -38,8 +38,14 @@ def test_terms_are_the_spec_formulas():
     assert dot.position == "square" and torch.allclose(dot.coef, 1 / (2 * H_P**2))
     gauss = describe(q, k, v, "bilateral", h_y=H_Y, h_p=H_P, content="gaussian")
     assert torch.allclose(gauss.scale, 1 / H_Y**2)
-    expected = -(k * k).sum(-1) / (2 * H_Y[:, None] ** 2)
-    assert torch.allclose(gauss.key_bias, expected, rtol=1e-14)
+    assert torch.allclose(gauss.key_bias, -(k * k).sum(-1) / 2, rtol=1e-14)  # in units of s
+    # s (q.k + b) = -||q - k||^2 / (2 h_y^2) + a per-row constant
+    content = gauss.scale[:, None, None] * (q @ k.transpose(-1, -2) + gauss.key_bias[..., None, :])
+    literal = -(q[..., :, None, :] - k[..., None, :, :]).square().sum(-1) / (
+        2 * H_Y[:, None, None] ** 2
+    )
+    diff = content - literal
+    assert torch.allclose(diff, diff[..., :1].expand_as(diff), atol=1e-10)
     alibi = describe(q, k, v, "softmax", alibi_slopes=SLOPES)
     assert alibi.position == "linear" and torch.equal(alibi.coef, SLOPES)
     assert alibi.scalar_scale == 1 / math.sqrt(D) and not alibi.plain

@@ -72,7 +72,7 @@ class TwicingConfig:
 @dataclass(frozen=True)
 class AttentionConfig:
     kind: Literal["softmax", "bilateral", "twicing"] = "softmax"
-    impl: Literal["auto", "reference", "sdpa", "flex", "triton"] = "auto"
+    impl: Literal["auto", "reference", "sdpa", "tiled", "flex", "triton"] = "auto"
     dropout: float = 0.0
     bilateral: BilateralConfig = field(default_factory=BilateralConfig)
     twicing: TwicingConfig = field(default_factory=TwicingConfig)

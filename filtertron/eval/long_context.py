@@ -22,9 +22,11 @@ import torch
 from torch import nn
 
 from filtertron.config import ModelConfig
+from filtertron.kernels.registry import IMPLS
 
 ANY_LENGTH_POSITIONS = ("sinusoidal", "rotary", "alibi", "none")
-EVAL_IMPLS = ("auto", "reference", "sdpa", "flex", "triton")
+EVAL_IMPLS = ("auto", *IMPLS)
+_FUSED = ("sdpa", "tiled", "triton")
 FUSED_DEFAULT = "sdpa"  # memory linear in T on CPU and GPU, forward and backward
 _LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKxX]?)\s*$")
 
@@ -81,8 +83,9 @@ def resolve_impl(
 ) -> str:
     """The attention implementation to evaluate with, as an explicit name.
 
-    ``auto`` keeps the checkpoint's implementation when it is a fused one (``sdpa``;
-    ``flex`` unless gradients are needed on CPU, where its backward is refused) and otherwise
+    ``auto`` keeps the checkpoint's implementation when it is a fused one (``sdpa``,
+    ``tiled``, ``triton``; ``flex`` unless gradients are needed on CPU, where its backward is
+    refused) and otherwise
     takes the attention operator's own ``auto`` choice for this device and kind (``sdpa`` on
     CPU), never the materialised ``reference``, so long contexts never build the (T, T)
     kernel. An explicit request is used as given (``reference`` runs, at quadratic memory).
@@ -103,7 +106,7 @@ def resolve_impl(
     if requested != "auto":
         return requested
     own = cfg.attention.impl
-    if own == "sdpa" or (own == "flex" and not (needs_grad and device == "cpu")):
+    if own in _FUSED or (own == "flex" and not (needs_grad and device == "cpu")):
         return own
     att = cfg.attention
     choice = functional.resolve_impl(

@@ -15,13 +15,14 @@ K_h depends on the convention:
                              kernels and torch.utils.flop_counter count):  6N + 12 L T d
     "causal"  K = (T + 1)/2  only j <= i (Kaplan, Megatron):  6N + 6 L (T + 1) d ~ 6N + 6LTd
 
-A banded head computes only the keys within its window w (bilateral: sqrt(60) h_p at init,
-ALiBi: 30 / m_h, the distances past which the kernel weight is below e^-30, see
-``model.attention.sdpa``): K_h is multiplied by its band fraction, the share of causal pairs
-with i - j <= w. Bias terms per scored pair and head: bilateral's spatial term (2 forward, 2
-backward with a learned h_p) and gaussian content's key-norm bias (1 + 1); ALiBi's fixed
-bias (2 forward). Softmax's own exp and sums and O(T d) elementwise work (norms, GELU) are
-not counted, as in PaLM and Chinchilla. Scaling-law fits use ``FIT_CONVENTION`` = "full".
+A banded head computes only the keys within its window w (bilateral: ceil(sqrt(60) h_p) at
+init, ALiBi: ceil(30 / m_h), the distances past which the kernel weight is below e^-30, see
+``filtertron.kernels.description``): K_h is multiplied by its band fraction, the share of
+causal pairs with i - j <= w. Bias terms per scored pair and head: bilateral's spatial term
+(2 forward, 2 backward with a learned h_p) and gaussian content's key-norm bias (1 + 1);
+ALiBi's fixed bias (2 forward). Softmax's own exp and sums and O(T d) elementwise work
+(norms, GELU) are not counted, as in PaLM and Chinchilla. Scaling-law fits use
+``FIT_CONVENTION`` = "full".
 """
 
 from __future__ import annotations
@@ -83,18 +84,22 @@ def band_pairs(T: int, window: float) -> int:
 
 
 def head_windows(cfg: ModelConfig, kind: str) -> list[float]:
-    """Per-head band width in tokens of a layer's attention kernel (inf: not banded)."""
+    """Per-head band width in tokens of a layer's attention kernel at init (inf: not banded),
+    from the kernels' own band rule (:func:`filtertron.kernels.description.band_width`)."""
+    from filtertron.kernels.description import DEFAULT_BAND_EPS, band_width
     from filtertron.model.attention.bilateral import init_h_p
-    from filtertron.model.attention.sdpa import ALIBI_WINDOW, WINDOW
     from filtertron.model.position import alibi_slopes
 
     base = cfg.attention.twicing.base if kind == "twicing" else kind
+    T = cfg.seq_len
     if base == "bilateral":
-        h_p = init_h_p(cfg.n_heads, cfg.attention.bilateral.h_p_min, cfg.h_p_max)
-        return [WINDOW * float(h) for h in h_p]
-    if cfg.position == "alibi":
-        return [ALIBI_WINDOW / float(m) for m in alibi_slopes(cfg.n_heads)]
-    return [float("inf")] * cfg.n_heads
+        h_p = init_h_p(cfg.n_heads, cfg.attention.bilateral.h_p_min, cfg.h_p_max).double()
+        w = band_width("square", 0.5 / h_p.square(), DEFAULT_BAND_EPS, T)
+    elif cfg.position == "alibi":
+        w = band_width("linear", alibi_slopes(cfg.n_heads).double(), DEFAULT_BAND_EPS, T)
+    else:
+        return [float("inf")] * cfg.n_heads
+    return [float(x) for x in w]
 
 
 def _layer_terms(

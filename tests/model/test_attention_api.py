@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from filtertron.kernels import registry
 from filtertron.model.attention import functional
 from filtertron.model.attention.functional import attention
 
@@ -73,7 +74,7 @@ def test_bad_inputs_raise_value_error_naming_the_tensor(change, match):
         ({"kind": "softmax", "content": "gaussian"}, r"content: 'gaussian' is a bilateral option"),
         ({"kind": "twicing", "dropout_p": 0.1}, r"dropout_p: twicing needs 0"),
         ({"kind": "twicing", "base": "bilateral"}, r"h_p: the bilateral kernel needs"),
-        ({"kind": "softmax", "impl": "flex", "dropout_p": 0.1}, r"impl='flex' has no attention"),
+        ({"band_eps": 1.5}, r"band_eps: expected None or 0 < band_eps < 1"),
     ],
 )
 def test_kernel_arguments_are_checked(args, match):
@@ -81,10 +82,15 @@ def test_kernel_arguments_are_checked(args, match):
         attention(*qkv(), **args)
 
 
-def test_impls_that_cannot_serve_a_request_say_which_can():
+def test_impls_that_cannot_serve_a_request_say_which_can(monkeypatch):
+    from filtertron.kernels import triton_op
+
+    monkeypatch.setattr(triton_op, "INTERPRETED", False)  # tests/kernels may have set it
     q, k, v = qkv()
-    with pytest.raises(NotImplementedError, match=r"triton kernels are not built yet.*'sdpa'"):
+    with pytest.raises(NotImplementedError, match=r"impl='triton' runs on CUDA.*can: .*sdpa"):
         attention(q, k, v, impl="triton")
+    with pytest.raises(NotImplementedError, match=r"impl='flex' has no attention dropout"):
+        attention(q, k, v, impl="flex", dropout_p=0.1)
     with pytest.raises(NotImplementedError, match=r"impl='flex' has no backward on CPU.*'sdpa'"):
         attention(q.requires_grad_(), k, v, impl="flex")
     with pytest.raises(NotImplementedError, match=r"use impl='reference'"):
@@ -101,7 +107,7 @@ def test_flex_forward_runs_on_cpu_without_grad_even_for_leaf_inputs():
 
 
 def test_auto_resolves_once_per_key_and_logs(caplog, monkeypatch):
-    monkeypatch.setattr(functional, "_resolved", {})
+    monkeypatch.setattr(registry, "_logged", {})
     q, k, v = qkv()
     with caplog.at_level(logging.INFO, logger="filtertron"):
         for _ in range(3):

@@ -13,7 +13,9 @@ import math
 import pytest
 import torch
 
-from filtertron.model.attention import flex, reference, sdpa
+from filtertron.kernels import describe, flex, tiled
+from filtertron.kernels.tiles import Plan, TileSpec
+from filtertron.model.attention import reference
 from filtertron.model.attention.functional import attention
 
 B, H, T, D = 2, 3, 97, 48
@@ -179,22 +181,28 @@ def _grads(fn, tensors, h_p):
     return [out, *torch.autograd.grad(out, leaves, g)]
 
 
+def _tiled(q, k, v, kind, block=16, **kw):
+    """The tiled engine with a given tile size, through the kernel description."""
+    return tiled.attend(describe(q, k, v, kind, **kw), block=block)
+
+
 @pytest.mark.parametrize("twice", [False, True])
-def test_sdpa_window_skipping_matches_full(twice):
+def test_tiled_band_matches_full(twice):
     """Tiles beyond sqrt(60) h_p are skipped; the result moves by far less than fp32 noise."""
     q, k, v = qkv()
     h_p = torch.tensor([1.0, 2.0, 50.0], dtype=torch.float64)
-    fn = sdpa.twicing if twice else sdpa.bilateral
-    kw = {"base": "bilateral"} if twice else {"h_y": None}
+    kind, kw = ("twicing", {"base": "bilateral"}) if twice else ("bilateral", {})
 
-    def run(skip):
+    def run(eps):
         return _grads(
-            lambda q, k, v, h: fn(q, k, v, h_p=h, block=16, skip_far=skip, **kw), (q, k, v), h_p
+            lambda q, k, v, h: _tiled(q, k, v, kind, h_p=h, band_eps=eps, **kw), (q, k, v), h_p
         )
 
-    plan = sdpa._Plan(B, H, T, sdpa._Spec("sq", True, twice, 16, tuple(7.75 * h_p)), "cpu", True)
+    band = (8, 16, T)  # ceil(sqrt(60) h_p) = 8, 16, 388, clamped to T
+    assert describe(q, k, v, "bilateral", h_p=h_p).band.tolist() == list(band)
+    plan = Plan(B, H, T, TileSpec("square", True, twice, 16, band), "cpu")
     assert plan.live[2] == 1 and plan.live[1] == 3  # heads 0, 1 drop tiles two blocks back
-    for a, b in zip(run(True), run(False), strict=True):
+    for a, b in zip(run(math.exp(-30)), run(None), strict=True):
         assert (a - b).abs().max() <= 1e-12 * b.abs().max()  # e^-30 of a weight, in float64
 
 
@@ -204,29 +212,31 @@ def test_flex_window_skipping_matches_full(monkeypatch):
     monkeypatch.setattr(fa, "_validate_device", lambda *args: None)  # eager backward, T = 300
     q, k, v = (t.float() for t in qkv((1, H, 300, 16)))
     h_p = torch.tensor([1.0, 2.0, 50.0])
-    assert flex._bands(300, H, h_p, True) == (128, 128, 300)
 
-    def run(skip):
+    def run(eps):
         return _grads(
-            lambda q, k, v, h: flex.bilateral(q, k, v, None, h, skip_far=skip), (q, k, v), h_p
+            lambda q, k, v, h: flex.attend(describe(q, k, v, "bilateral", h_p=h, band_eps=eps)),
+            (q, k, v),
+            h_p,
         )
 
-    for a, b in zip(run(True), run(False), strict=True):
+    for a, b in zip(run(math.exp(-30)), run(None), strict=True):
         assert (a - b).abs().max() <= 1e-6 * b.abs().max()
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_sdpa_thread_chunks_agree(batch):
+def test_tiled_thread_chunks_agree(batch):
     """The engine splits rows over CPU threads (batches, else heads); results must not move."""
     q, k, v = qkv((batch, H, T, D))
     h_p = torch.tensor([1.0, 300.0, 4.0], dtype=torch.float64)
-    fn = functools.partial(sdpa.twicing, base="bilateral", content="gaussian", block=32)
+    kw = {"base": "bilateral", "content": "gaussian", "block": 32}
     results = []
     threads = torch.get_num_threads()
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results.append(_grads(lambda q, k, v, h: fn(q, k, v, h_p=h), (q, k, v), h_p))
+            fn = functools.partial(_tiled, kind="twicing", **kw)
+            results.append(_grads(lambda q, k, v, h, fn=fn: fn(q, k, v, h_p=h), (q, k, v), h_p))
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
@@ -262,35 +272,32 @@ def test_flex_block_mask_equals_create_block_mask(T, n_keys, hi, causal):
     """flex builds its banded BlockMask from block bounds; torch's dense build must agree."""
     from torch.nn.attention import flex_attention as fa
 
-    from filtertron.model.attention import mods
+    from filtertron.kernels import mods
 
     hi_t = torch.tensor(hi, dtype=torch.int32)
     lo_t = torch.zeros_like(hi_t) if causal else -hi_t
     n = torch.tensor(n_keys, dtype=torch.int32)
     ref = fa.create_block_mask(mods.band(lo_t, hi_t, n), None, H, T, T, device="cpu")
-    mine = flex._block_mask(T, n_keys, "cpu", causal, hi)
+    mine = flex.block_mask(T, n_keys, hi_t, causal)
     for a, b in zip(mine.as_tuple()[2:10], ref.as_tuple()[2:10], strict=True):
         assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("twice", [False, True])
-def test_sdpa_alibi_window_skipping_matches_full(twice):
+def test_tiled_alibi_band_matches_full(twice):
     """ALiBi heads skip tiles beyond 30 / m_h; the result moves by far less than fp32 noise."""
     q, k, v = qkv()
-    slopes = torch.tensor([2.0, 1.0, 0.01], dtype=torch.float64)  # windows 15, 30, 3000
+    slopes = torch.tensor([2.0, 1.0, 0.01], dtype=torch.float64)  # bands 15, 30, 3000 -> T
+    kind = "twicing" if twice else "softmax"
 
-    def run(skip):
+    def run(eps):
         def fn(q, k, v, m):
-            if twice:
-                return sdpa.twicing(
-                    q, k, v, base="softmax", alibi_slopes=m, block=16, skip_far=skip
-                )
-            return sdpa.softmax(q, k, v, alibi_slopes=m, block=16, skip_far=skip)
+            return _tiled(q, k, v, kind, alibi_slopes=m, band_eps=eps)
 
         return _grads(fn, (q, k, v), slopes)[:4]  # out, dq, dk, dv (the slopes are fixed)
 
-    ref = attention(q, k, v, "twicing" if twice else "softmax", "reference", alibi_slopes=slopes)
-    skipped, full = run(True), run(False)
-    for a, b in zip(skipped, full, strict=True):
+    ref = attention(q, k, v, kind, "reference", alibi_slopes=slopes, band_eps=None)
+    banded, full = run(math.exp(-30)), run(None)
+    for a, b in zip(banded, full, strict=True):
         assert (a - b).abs().max() <= 1e-12 * b.abs().max()  # e^-30 of a weight, in float64
-    assert torch.allclose(skipped[0], ref, atol=1e-10)
+    assert torch.allclose(banded[0], ref, atol=1e-10)

@@ -1,4 +1,8 @@
-"""The attention operator: every kind x impl against the materialised reference.
+"""The attention operator: every kind x impl against the literal reference.
+
+The ground truth is :mod:`filtertron.model.attention.reference` called with the user's
+arguments (the literal math, which never sees the kernel description); every impl,
+``reference`` (the description materialised) included, is compared with it.
 
 Tolerance rule (flash-attention / Triton tutorial 06): a fast path's error against a float64
 reference may be at most twice the error of the same reference run in float32, plus
@@ -21,12 +25,12 @@ import functools
 import pytest
 import torch
 
-from filtertron.model.attention import functional
+from filtertron.model.attention import functional, reference
 
 B, H, T, D = 2, 3, 97, 48
 REL = 4e-6
 REL_FLEX_BUFFER = 5e-5
-IMPLS = ("reference", "sdpa", "flex")
+IMPLS = ("reference", "sdpa", "tiled", "flex")
 # name -> (kind, base, content, alibi)
 CASES = {
     "softmax": ("softmax", "softmax", "dot", False),
@@ -53,37 +57,79 @@ def qkv(dtype=torch.float32, shape=(B, H, T, D), seed=0):
     return [torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(3)]
 
 
-def kernel_args(case: str, dtype=torch.float32, grad: bool = False) -> dict:
-    """Keyword arguments of functional.attention for a case; h_y, h_p are fresh leaves."""
+def kernel_args(
+    case: str, dtype=torch.float32, grad: bool = False, round_to=None, device="cpu"
+) -> dict:
+    """Keyword arguments of functional.attention for a case; h_y, h_p are fresh leaves.
+
+    ``round_to``: a dtype the values are rounded to first (a float64 run of 16-bit inputs).
+    """
     kind, base, content, alibi = CASES[case]
     args = {"kind": kind, "base": base, "content": content}
+
+    def tensor(values, requires_grad=False):
+        t = torch.tensor(values, dtype=round_to or dtype, device=device).to(dtype)
+        return t.requires_grad_(requires_grad)
+
     if alibi:
-        args["alibi_slopes"] = torch.tensor([0.5, 0.125, 0.01], dtype=dtype)
+        args["alibi_slopes"] = tensor([0.5, 0.125, 0.01])
     if "bilateral" in (kind, base):
         h_y = [6.0, 7.0, 8.0] if content == "dot" else [2.0, 2.6, 3.0]
-        args["h_y"] = torch.tensor(h_y, dtype=dtype, requires_grad=grad)
-        args["h_p"] = torch.tensor([1.5, 7.0, 300.0], dtype=dtype, requires_grad=grad)
+        args["h_y"] = tensor(h_y, grad)
+        args["h_p"] = tensor([1.5, 7.0, 300.0], grad)
     return args
 
 
-def run(impl, case, tensors, dtype=torch.float32, causal=True, grad_out=None):
-    """Output and, if grad_out is given, grads of (q, k, v[, h_y, h_p])."""
-    q, k, v = (t.detach().to(dtype).requires_grad_(grad_out is not None) for t in tensors)
-    args = kernel_args(case, dtype, grad=grad_out is not None)
-    out = functional.attention(q, k, v, impl=impl, causal=causal, **args)
+def _leaves(q, k, v, args, grad: bool):
+    return [q, k, v] + [args[n] for n in ("h_y", "h_p") if n in args] if grad else []
+
+
+def _inputs(case, tensors, dtype, grad: bool, round_to):
+    cast = [t.detach().to(round_to or dtype).to(dtype) for t in tensors]
+    args = kernel_args(case, dtype, grad, round_to, tensors[0].device)
+    return [t.requires_grad_(grad) for t in cast], args
+
+
+def run(
+    impl, case, tensors, dtype=torch.float32, causal=True, grad_out=None, round_to=None, **extra
+):
+    """Output and, if grad_out is given, grads of (q, k, v[, h_y, h_p]) of one impl."""
+    (q, k, v), args = _inputs(case, tensors, dtype, grad_out is not None, round_to)
+    out = functional.attention(q, k, v, impl=impl, causal=causal, **args, **extra)
     if grad_out is None:
         return [out]
-    leaves = [q, k, v] + [args[n] for n in ("h_y", "h_p") if n in args]
-    return [out, *torch.autograd.grad(out, leaves, grad_out.to(dtype))]
+    g = grad_out.to(round_to or dtype).to(dtype)
+    return [out, *torch.autograd.grad(out, _leaves(q, k, v, args, True), g)]
 
 
-def assert_matches(fast, ref32, ref64, names, rel_buffer=REL):
+def literal(case, tensors, dtype=torch.float32, causal=True, grad_out=None, round_to=None):
+    """Like :func:`run`, through the literal reference functions (the ground truth)."""
+    (q, k, v), args = _inputs(case, tensors, dtype, grad_out is not None, round_to)
+    kind, base = args.pop("kind"), args.pop("base")
+    if kind == "softmax":
+        out = reference.softmax(q, k, v, causal, alibi_slopes=args.get("alibi_slopes"))
+    elif kind == "bilateral":
+        out = reference.bilateral(q, k, v, args["h_y"], args["h_p"], args["content"], causal)
+    else:
+        out = reference.twicing(q, k, v, base, causal, **args)
+    if grad_out is None:
+        return [out]
+    g = grad_out.to(round_to or dtype).to(dtype)
+    return [out, *torch.autograd.grad(out, _leaves(q, k, v, args, True), g)]
+
+
+def assert_matches(fast, ref32, ref64, names, rel_buffer=REL, rel=REL):
+    """The tolerance rule: |fast - ref64| <= 2 |ref32 - ref64| + rel * scale, per tensor.
+
+    ``ref32`` is the reference run in the fast path's precision; ``rel_buffer`` replaces
+    ``rel`` for dh_y and dh_p (flex's scatter-add, see the module docstring).
+    """
     for name, f, r32, r64 in zip(names, fast, ref32, ref64, strict=True):
         err_f = (f.double() - r64).abs().max().item()
         err_r = (r32.double() - r64).abs().max().item()
-        rel = rel_buffer if name in ("dh_y", "dh_p") else REL
-        bound = 2 * err_r + rel * r64.abs().max().item()
-        assert err_f <= bound, f"{name}: error {err_f:.2e} > {bound:.2e} (fp32 ref {err_r:.2e})"
+        r = max(rel_buffer, rel) if name in ("dh_y", "dh_p") else rel
+        bound = 2 * err_r + r * r64.abs().max().item()
+        assert err_f <= bound, f"{name}: error {err_f:.2e} > {bound:.2e} (ref {err_r:.2e})"
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -114,14 +160,11 @@ def reference_runs(case: str, causal: bool):
     return (
         tensors,
         g,
-        [
-            run("reference", case, tensors, dtype, causal, g)
-            for dtype in (torch.float64, torch.float32)
-        ],
+        [literal(case, tensors, dtype, causal, g) for dtype in (torch.float64, torch.float32)],
     )
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "flex"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "case, causal", [(c, True) for c in CASES] + [(c, False) for c in TWO_SIDED]
 )

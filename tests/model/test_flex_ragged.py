@@ -19,6 +19,7 @@ from tests.model.test_attention_ops import (
     REL_FLEX_BUFFER,
     assert_matches,
     flex_grad,  # noqa: F401  (fixture)
+    literal,
     run,
 )
 
@@ -39,7 +40,7 @@ def test_compiled_flex_forward_every_call(case, T):
     for call in range(CALLS):
         tensors = _tensors(T, seed=100 * T + call)
         ref64, ref32 = (
-            run("reference", case, tensors, dtype)[0] for dtype in (torch.float64, torch.float32)
+            literal(case, tensors, dtype)[0] for dtype in (torch.float64, torch.float32)
         )
         with torch.no_grad():
             out = run("flex", case, tensors, torch.float32)[0]
@@ -55,8 +56,7 @@ def test_flex_backward_through_padding(case, T, flex_grad):  # noqa: F811
         tensors = _tensors(T, seed=7 * T + call)
         g = torch.randn(SHAPE[0], SHAPE[1], T, SHAPE[2], dtype=torch.float64)
         ref64, ref32 = (
-            run("reference", case, tensors, dtype, grad_out=g)
-            for dtype in (torch.float64, torch.float32)
+            literal(case, tensors, dtype, grad_out=g) for dtype in (torch.float64, torch.float32)
         )
         fast = run("flex", case, tensors, torch.float32, grad_out=g)
         names = ["out", "dq", "dk", "dv", "dh_y", "dh_p"][: len(ref64)]

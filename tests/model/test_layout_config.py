@@ -77,3 +77,14 @@ def test_yaml_file_and_overrides(tmp_path):
     (tmp_path / "bad.yaml").write_text("model: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_config_accepts_exactly_the_registered_impls():
+    """model.attention.impl is validated from a Literal; it must list the kernel registry."""
+    import typing
+
+    from filtertron.config import AttentionConfig
+    from filtertron.kernels.registry import IMPLS
+
+    allowed = typing.get_args(typing.get_type_hints(AttentionConfig)["impl"])
+    assert set(allowed) == {"auto", *IMPLS}

@@ -1,49 +1,32 @@
-"""The attention operator: validate once, resolve the implementation, dispatch.
+"""The attention operator: validate once, describe the kernel once, dispatch to an impl.
 
     attention(q, k, v, kind, impl, causal, base, h_y, h_p, content) -> (B, H, T, Dv)
 
 kind "softmax" (optional ALiBi), "bilateral" (BSA) or "twicing" (2 A V - A A V over the
-``base`` kernel); the math is in :mod:`filtertron.model.attention.reference`. Implementations
-live in one module each with the same three functions (``softmax``, ``bilateral``,
-``twicing``): ``reference`` (materialised, defines correctness), ``sdpa`` (fused SDPA plus a
-tiled engine; CPU and GPU), ``flex`` (FlexAttention), ``triton`` (not built yet).
+``base`` kernel); the math is in :mod:`filtertron.model.attention.reference`. The arguments
+are checked here, turned into one :class:`~filtertron.kernels.description.Kernel` (content
+scale and key bias, position function and coefficient, band) and handed to the impl registry
+(:mod:`filtertron.kernels.registry`): "reference" (materialised), "sdpa" (PyTorch SDPA for
+plain softmax, the tiled engine for the rest), "tiled" (the tiled engine), "flex"
+(FlexAttention), "triton" (fused Triton kernels, CUDA).
 
 An explicit ``impl`` is used as asked or fails with a reason and the impls that can do it; it
-never falls back. ``impl="auto"`` picks per (device, kind, requires_grad, dropout) once and
-logs the choice on the "filtertron" logger.
+never falls back. ``impl="auto"`` picks per (device, kind) from one table and logs the choice
+on the "filtertron" logger.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-
 import torch
 from torch import Tensor
+
+from filtertron.kernels import registry
+from filtertron.kernels.description import DEFAULT_BAND_EPS, describe
 
 KINDS = ("softmax", "bilateral", "twicing")
 BASES = ("softmax", "bilateral")
 CONTENTS = ("dot", "gaussian")
-IMPLS = ("reference", "sdpa", "flex", "triton")
-
-# (device type, kind) -> impl for "auto", from bench/attention.py on CPU (sdpa is fastest with
-# grads; compiled flex is faster for bilateral inference but compiles 10-60 s per new T, so
-# it is an explicit choice). CUDA entries follow FlexAttention's fused backward; not measured.
-_AUTO_TABLE = {
-    ("cpu", "softmax"): "sdpa",
-    ("cpu", "bilateral"): "sdpa",
-    ("cpu", "twicing"): "sdpa",
-    ("cuda", "softmax"): "sdpa",
-    ("cuda", "bilateral"): "flex",
-    ("cuda", "twicing"): "flex",
-}
-_KIND_ARGS = {
-    "softmax": ("causal", "scale", "alibi_slopes", "dropout_p"),
-    "bilateral": ("h_y", "h_p", "content", "causal", "dropout_p"),
-    "twicing": ("base", "causal", "h_y", "h_p", "content", "scale", "alibi_slopes"),
-}
-_resolved: dict[tuple, str] = {}
-log = logging.getLogger("filtertron")
+IMPLS = tuple(registry.IMPLS)
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -87,12 +70,14 @@ def _check_head_tensor(name: str, t: Tensor | None, q: Tensor, positive: bool) -
     if t.device != q.device:
         raise ValueError(f"{name}: expected a ({H},) tensor on {q.device} like q, got {t.device}")
     # A value check syncs a GPU; on CPU it is free and catches a log/exp mix-up early.
-    if positive and t.device.type == "cpu" and not bool((t.detach() > 0).all()):
+    if positive and t.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool((t.detach() > 0).all()):
+            return
         raise ValueError(f"{name}: expected a positive ({H},) tensor, got {t.detach().tolist()}")
 
 
 def _validate(
-    q, k, v, kind, impl, causal, base, h_y, h_p, content, scale, alibi_slopes, dropout_p
+    q, k, v, kind, impl, causal, base, h_y, h_p, content, scale, alibi_slopes, dropout_p, band_eps
 ) -> None:
     _one_of("kind", kind, KINDS)
     _one_of("impl", impl, (*IMPLS, "auto"))
@@ -103,6 +88,8 @@ def _validate(
         raise ValueError(f"causal: expected a bool, got {causal!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p: expected 0 <= dropout_p < 1, got {dropout_p}")
+    if band_eps is not None and not 0.0 < band_eps < 1.0:
+        raise ValueError(f"band_eps: expected None or 0 < band_eps < 1, got {band_eps}")
     if kind == "twicing" and dropout_p > 0.0:
         raise ValueError("dropout_p: twicing needs 0 (both passes must use the same kernel)")
     kernel = base if kind == "twicing" else kind
@@ -132,7 +119,7 @@ def _validate(
 def resolve_impl(
     impl: str, device: torch.device, kind: str, base: str, requires_grad: bool, dropout: bool
 ) -> str:
-    """The implementation that serves a request; ``"auto"`` is resolved once per key and logged.
+    """The implementation that would serve a request of this kind (``auto`` as it resolves).
 
     Args:
         impl: an entry of :data:`IMPLS` or "auto".
@@ -147,31 +134,12 @@ def resolve_impl(
     """
     if impl != "auto":
         return impl
-    key = (device.type, kind, base if kind == "twicing" else None, requires_grad, dropout)
-    if key not in _resolved:
-        choice = _AUTO_TABLE.get((device.type, kind), "sdpa")
-        if kind == "twicing" and base == "softmax" and choice == "flex":
-            choice = "sdpa"  # two fused SDPA passes
-        if dropout and kind == "bilateral":
-            choice = "reference"  # the only bilateral impl with attention dropout
-        _resolved[key] = choice
-        log.info(
-            "attention impl='auto' -> %r for device=%s kind=%s base=%s requires_grad=%s dropout=%s",
-            choice,
-            *key[:2],
-            base,
-            requires_grad,
-            dropout,
-        )
-    return _resolved[key]
-
-
-def _impl_module(name: str):
-    if name == "triton":
-        raise NotImplementedError(
-            "triton kernels are not built yet; use impl='sdpa' (CPU and GPU), 'flex' or 'reference'"
-        )
-    return importlib.import_module(f"filtertron.model.attention.{name}")
+    q = torch.zeros(1, 1, 8, 64, device=device, requires_grad=requires_grad)
+    kernel = base if kind == "twicing" else kind
+    h_p = torch.ones(1, device=device) if kernel == "bilateral" else None
+    with torch.enable_grad():
+        desc = describe(q, q, q, kind, True, base, None, h_p, "dot", None, None, 0.1 * dropout)
+        return registry.resolve("auto", desc)
 
 
 def attention(
@@ -189,6 +157,7 @@ def attention(
     scale: float | None = None,
     alibi_slopes: Tensor | None = None,
     dropout_p: float = 0.0,
+    band_eps: float | None = DEFAULT_BAND_EPS,
 ) -> Tensor:
     """Attention of one kind through one implementation.
 
@@ -197,7 +166,7 @@ def attention(
         k: (B, H, T, D) keys.
         v: (B, H, T, Dv) values.
         kind: "softmax", "bilateral" or "twicing".
-        impl: "reference", "sdpa", "flex", "triton" or "auto".
+        impl: "reference", "sdpa", "tiled", "flex", "triton" or "auto".
         causal: attend to j <= i only.
         base: kernel that twicing applies twice, "softmax" or "bilateral".
         h_y: (H,) positive content bandwidths of the bilateral kernel; None: sqrt(D) for
@@ -207,6 +176,10 @@ def attention(
         scale: softmax logit scale, default 1/sqrt(D).
         alibi_slopes: (H,) ALiBi slopes m_h for the softmax kernel.
         dropout_p: attention dropout (softmax and bilateral; twicing needs 0).
+        band_eps: bilateral and ALiBi heads drop keys whose position weight is below
+            ``band_eps`` relative to the diagonal, |i - j| > ceil(sqrt(2 ln(1/eps)) h_p) or
+            ceil(ln(1/eps) / m_h) (default e^-30); None keeps every key. The band is the only
+            approximation of any impl (see :mod:`filtertron.kernels.description`).
 
     Returns:
         (B, H, T, Dv), dtype and device of q.
@@ -215,20 +188,11 @@ def attention(
         ValueError: a bad argument; names it and the expected shape or values.
         NotImplementedError: ``impl`` cannot serve this request; says why and which impl can.
     """
-    _validate(q, k, v, kind, impl, causal, base, h_y, h_p, content, scale, alibi_slopes, dropout_p)
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, h_y, h_p, alibi_slopes)
+    _validate(
+        q, k, v, kind, impl, causal, base, h_y, h_p, content, scale, alibi_slopes, dropout_p,
+        band_eps,
+    )  # fmt: skip
+    kernel = describe(
+        q, k, v, kind, causal, base, h_y, h_p, content, scale, alibi_slopes, dropout_p, band_eps
     )
-    name = resolve_impl(impl, q.device, kind, base, grad, dropout_p > 0.0)
-    args = {
-        "causal": causal,
-        "base": base,
-        "h_y": h_y,
-        "h_p": h_p,
-        "content": content,
-        "scale": scale,
-        "alibi_slopes": alibi_slopes,
-        "dropout_p": dropout_p,
-    }
-    fn = getattr(_impl_module(name), kind)
-    return fn(q, k, v, **{key: args[key] for key in _KIND_ARGS[kind]})
+    return registry.attend(kernel, impl)

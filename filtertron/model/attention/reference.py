@@ -1,7 +1,9 @@
 """Materialised reference attention: slow, literal, and the definition of correctness.
 
-Every fast path (``sdpa``, ``flex``, ``triton``) is tested against these functions. They build
-the full logit matrix (B, H, T, T) straight from the definitions in SPEC.md, per head h:
+Every impl (``reference``, ``sdpa``, ``tiled``, ``flex``, ``triton``, all of which run the
+kernel description of :mod:`filtertron.kernels.description`) is tested against these
+functions, which never see that description: they build the full logit matrix (B, H, T, T)
+straight from the definitions in SPEC.md and the user's h_y, h_p and slopes, per head h:
 
     softmax:    logit_ij = scale q_i . k_j  [- m_h (i - j)]          (ALiBi, optional)
     bilateral:  logit_ij = C(q_i, k_j) - (i - j)^2 / (2 h_p^2),  with the content kernel
@@ -21,39 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def default_h_y(content: str, head_dim: int) -> float:
-    """The h_y that gives softmax's 1/sqrt(D) logit scale: sqrt(D) (dot) or D^(1/4) (gaussian)."""
-    return math.sqrt(head_dim) if content == "dot" else head_dim**0.25
-
-
-def split_content(
-    q: Tensor, k: Tensor, h_y: Tensor | None, content: str
-) -> tuple[Tensor, Tensor | None]:
-    """The bilateral content logit as a scaled dot product plus a per-key bias.
-
-    C(q_i, k_j) = qs_i . k_j + kb_j + (a per-row constant, which softmax ignores):
-    dot: qs = q / h_y, kb = None;  gaussian: qs = q / h_y^2, kb = -||k_j||^2 / (2 h_y^2).
-    The fast paths use this form; the reference above uses the literal definition.
-
-    Args:
-        q: (B, H, T, D) queries.
-        k: (B, H, T, D) keys.
-        h_y: (H,) content bandwidths, or None for :func:`default_h_y`.
-        content: "dot" or "gaussian".
-
-    Returns:
-        qs (B, H, T, D) and kb (B, H, T) or None; differentiable in q, k and h_y.
-    """
-    if h_y is None:
-        h_y = torch.full(
-            (q.shape[1],), default_h_y(content, q.shape[-1]), dtype=q.dtype, device=q.device
-        )
-    hy = h_y.to(q.dtype)[:, None]  # (H, 1)
-    if content == "dot":
-        return q / hy[..., None], None
-    hy2 = hy * hy
-    return q / hy2[..., None], -(k * k).sum(-1) / (2 * hy2)
+from filtertron.kernels.description import default_h_y
 
 
 def _distance(T: int, like: Tensor) -> Tensor:
@@ -115,7 +85,8 @@ def logits(
             qq, kk = q.square().sum(-1), k.square().sum(-1)  # (B, H, T)
             sq = qq[..., :, None] + kk[..., None, :] - 2 * torch.matmul(q, k.transpose(-1, -2))
             out = -sq.clamp_min(0) / (2 * hy * hy)
-        out = out - dist.square() / (2 * _per_head(h_p, q).square())
+        # (d / (sqrt(2) h_p))^2, not d^2 / (2 h_p^2): d^2 overflows float16 past T = 256.
+        out = out - (dist / (math.sqrt(2.0) * _per_head(h_p, q))).square()
     else:
         raise ValueError(f"base: expected 'softmax' or 'bilateral', got {base!r}")
     if causal:

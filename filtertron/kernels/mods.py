@@ -4,13 +4,14 @@ One score_mod and one mask_mod structure serve every kernel, so torch.compile bu
 graph per device and dtype instead of one per kernel (each CPU compile costs 10-40 s):
 
     score_mod:  score + kb[b, h, j] - (r[h] (i - j))^2 - ab[h] |i - j|
-        softmax: kb = 0, r = 0, ab = 0;  ALiBi: ab = slopes (causal: i >= j, so |i - j| = i - j)
-        bilateral: r = 1 / (sqrt(2) h_p);  gaussian content adds kb = -||k_j||^2 / (2 h_y^2)
+        softmax: kb = 0, r = 0, ab = 0;  ALiBi ("linear"): ab = c_h = m_h
+        bilateral ("square"): r = sqrt(c_h) = 1 / (sqrt(2) h_p); gaussian content adds the key
+        bias kb = s_h b_j = -||k_j||^2 / (2 h_y^2)
 
 (r d)^2 rather than r^2 d^2 keeps the product small in 16-bit scores, and i - j is cast to
 the score dtype before squaring (int32 d^2 overflows past T = 46341).
     mask_mod:   lo[h] <= i - j <= hi[h]  and  j < n
-        causal: lo = 0;  two-sided: lo = -hi;  hi = T, or a bilateral head's window sqrt(60) h_p
+        causal: lo = 0;  two-sided: lo = -hi;  hi = the band w_h of the kernel description, or T
         n: the real keys (inputs padded past n on CPU, see flex.py)
 
 All captured tensors stay graph inputs (not constants), so new values never recompile and

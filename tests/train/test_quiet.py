@@ -44,6 +44,7 @@ def test_two_process_training_is_quiet_and_leaves_no_shm(dataset, tmp_path):
     assert shm_names(port) == []
 
 
+@pytest.mark.slow  # the quiet default is tested above; this is its inverse
 def test_verbose_shows_the_library_lines(dataset, tmp_path):
     port = free_port()
     proc = run_launcher(args(dataset, tmp_path / "run", port, "--verbose"))

@@ -6,6 +6,7 @@ AI's published refit of the Chinchilla runs (Besiroglu et al. 2024) for the gold
 """
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,19 @@ from filtertron.scaling.law import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-# shared/data/ sits beside the checkout (or beside the worktrees' parent); see its README.
+# The CSV is not vendored (no licence is stated for it): it is read from
+# $FILTERTRON_REFERENCE_DATA, or from shared/data/ beside the checkout (or beside the
+# worktrees' parent); see that folder's README for where the file comes from.
+_DATA_DIRS = [ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data"]
+if os.environ.get("FILTERTRON_REFERENCE_DATA"):
+    _DATA_DIRS.insert(0, Path(os.environ["FILTERTRON_REFERENCE_DATA"]))
 CHINCHILLA_CSV = next(
     (
         d / "chinchilla_svg_extracted_data.csv"
-        for d in (ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data")
+        for d in _DATA_DIRS
         if (d / "chinchilla_svg_extracted_data.csv").is_file()
     ),
-    ROOT.parent / "shared" / "data" / "chinchilla_svg_extracted_data.csv",
+    _DATA_DIRS[0] / "chinchilla_svg_extracted_data.csv",
 )
 TRUE = ScalingLaw(E=1.82, A=482.0, B=2085.0, alpha=0.348, beta=0.366)
 

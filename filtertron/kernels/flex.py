@@ -132,7 +132,9 @@ def block_mask(T: int, n: int, hi: Tensor, causal: bool) -> _fa.BlockMask:
         for m in (partial, full)  # (1, H, nQ[, nK])
     )
     # Always per head: one block-mask shape for all kernels means one compiled graph.
-    n_t = torch.tensor(n, device=device, dtype=torch.int32)  # a graph input, not a constant
+    # A graph input, not a constant; filled on the device (torch.tensor(n) would copy from
+    # the host and synchronise the stream on CUDA).
+    n_t = torch.full((), n, device=device, dtype=torch.int32)
     return _fa.BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx, BLOCK, mods.band(lo, hi, n_t), seq_lengths=(T, T)
     )
@@ -168,9 +170,9 @@ def _warned_ids() -> set[str] | None:
 
 def _call(*args, **kwargs) -> Tensor:
     """The compiled flex_attention; raises instead of running the unfused path."""
+    if torch.compiler.is_compiling():  # traced into the caller's graph, compiled with it
+        return _fa.flex_attention(*args, **kwargs)
     fn, own_limit = _compiled()
-    if torch.compiler.is_compiling():  # traced into the caller's graph
-        return fn(*args, **kwargs)
     shape = tuple(args[0].shape)
     limit = (
         contextlib.nullcontext()
@@ -218,10 +220,8 @@ def _run(qs, k, v, kb, r, ab, mask, needs_grad) -> Tensor:
     score = mods.positional_score(kb, r, ab)
     if needs_grad and qs.device.type == "cpu":
         # Reached only where a test lifted torch's CPU guard (unsupported() refuses it
-        # otherwise): FlexAttention's eager backward, materialised by design. Its internal
-        # compile may meet the process-wide limit; that must not fail the deliberate call.
-        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=False):
-            return _fa.flex_attention(qs, k, v, score_mod=score, block_mask=mask, scale=1.0)
+        # otherwise): FlexAttention's eager backward, materialised by design.
+        return _fa.flex_attention(qs, k, v, score_mod=score, block_mask=mask, scale=1.0)
     return _call(qs, k, v, score_mod=score, block_mask=mask, scale=1.0)
 
 

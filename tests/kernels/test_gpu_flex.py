@@ -11,11 +11,13 @@ within bounds, and tests/conftest.py makes any limit hit an error instead of the
 
 Not slow (about 4 flex compiles, forward+backward at one bucket and forward at three):
 one ragged case against the reference, auto's choice, and the training / validation /
-evaluation sequence. Slow: the full matrix of cases x lengths (about 20 compiles) and the
-evaluation over 1x-8x.
+evaluation sequence. Slow: the full matrix of cases x lengths (about 20 compiles), the
+evaluation over 1x-8x, and ``train.compile``'s model with flex traced into its graph.
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -115,3 +117,42 @@ def test_compiled_flex_forward_and_backward(case, T):
     for call in range(3):
         check(case, T, seed=call)
         check(case, T, seed=call, grad=False)
+
+
+@pytest.mark.slow  # inductor compiles a whole (tiny) model, forward and backward
+def test_compiled_model_with_flex_trains_validates_and_decodes():
+    """train.compile on CUDA: flex inside the model's graph (no graph break), one graph per
+    (shape, grad mode, training flag); losses and h_p's gradient as the uncompiled model's."""
+    from filtertron.generate import generate
+    from filtertron.train.parallelize import compile_model
+    from tests.eval.conftest import VOCAB, tiny_model
+
+    torch._dynamo.reset()
+    model = tiny_model(kind="bilateral", position="none", impl="flex").cuda()
+    eager = copy.deepcopy(model)
+    compile_model(model)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    idx = torch.randint(0, VOCAB, (2, 129), device="cuda", generator=g)
+    before = counters["stats"]["unique_graphs"]
+    breaks = sum(counters["graph_break"].values())
+    for _ in range(2):
+        for m in (model, eager):
+            m.train()
+            m.zero_grad()
+            m(idx[:, :-1], idx[:, 1:]).backward()
+        pairs = zip(model.named_parameters(), eager.parameters(), strict=True)
+        h_p = [(n, a.grad, b.grad) for (n, a), b in pairs if "h_p" in n]
+        assert h_p  # the bilateral layers' log h_p
+        for name, a, b in h_p:
+            assert (a - b).abs().max() <= 1e-4 * b.abs().max(), name
+        with torch.no_grad():
+            model.eval()
+            eager.eval()
+            val, ref = model(idx[:, :-1], idx[:, 1:]), eager(idx[:, :-1], idx[:, 1:])
+        assert abs(float(val) - float(ref)) <= 1e-4 * abs(float(ref))
+    assert counters["stats"]["unique_graphs"] - before == 2  # training, validation
+    prompt = idx[:1, :8]
+    out = generate(model, prompt, 40)  # contexts of 8..47 tokens: one bucket (128)
+    assert counters["stats"]["unique_graphs"] - before == 3
+    assert torch.equal(out, generate(eager, prompt, 40))
+    assert sum(counters["graph_break"].values()) == breaks  # flex stayed in the graph

@@ -1,4 +1,10 @@
-"""Shared test set-up: persistent compile caches, deterministic seeds, small thread counts."""
+"""Shared test set-up: persistent compile caches, deterministic seeds, small thread counts.
+
+No test may pass on dynamo's eager fallback: past a recompile limit dynamo raises
+(``fail_on_recompile_limit_hit``), instead of running the frame uncompiled (for FlexAttention
+that is the unfused, materialising path). Dynamo's code caches are cleared between test
+modules, so a module's compiles count against the limit and nobody else's do.
+"""
 
 import glob
 import os
@@ -16,10 +22,19 @@ for var, sub in (
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+torch._dynamo.config.fail_on_recompile_limit_hit = True
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_dynamo_caches():
+    """Each test module starts with empty dynamo caches (the on-disk inductor cache stays)."""
+    torch._dynamo.reset()
     yield
 
 

@@ -16,6 +16,13 @@ targets after the previous window's end (the first window scores all of its targ
 target is scored exactly once, with at least L - S tokens of context. S = L gives disjoint
 windows; the last window may be shorter than L. Shapes: a batch of windows is (B, T) ids.
 
+One shape per length: every batch of a length is (B, T), T the longest window and B the
+batch size (or the number of windows, if fewer). A short last batch repeats its last window
+(the repeats are not counted) and a window cut short by the stream's end is padded with token
+0 (its padded targets are not scored; the models are causal, so real positions do not see
+the padding). A compiled model or FlexAttention therefore compiles once per length, not once
+for each ragged batch and window.
+
 Sums are accumulated in float64 per window; under data parallelism each rank scores every
 ``world``-th window and the sums (NLL, tokens) are all-reduced, so the result is
 exp(sum NLL / sum tokens) over all ranks.
@@ -23,6 +30,7 @@ exp(sum NLL / sum tokens) over all ranks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -168,16 +176,34 @@ class Totals:
 
 @dataclass
 class Batch:
-    """Windows of one shape: inputs and targets (B, T), stream starts (B,), shared score_from."""
+    """Windows of one shape: inputs and targets (B, T), stream starts (B,), shared score_from.
+
+    Positions score_from .. score_to - 1 of the first ``rows`` windows are scored (None: up
+    to T, all windows); the rest pad the batch to its length's shape (see the module
+    docstring).
+    """
 
     inputs: torch.Tensor
     targets: torch.Tensor
     starts: np.ndarray
     score_from: int
+    score_to: int | None = None
+    rows: int | None = None
+
+    @property
+    def scored(self) -> int:
+        """Targets this batch scores."""
+        rows = self.inputs.shape[0] if self.rows is None else self.rows
+        end = self.inputs.shape[1] if self.score_to is None else self.score_to
+        return rows * (end - self.score_from)
 
 
 def nll_from_hidden(
-    model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, score_from: int = 0
+    model: nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    score_from: int = 0,
+    score_to: int | None = None,
 ) -> torch.Tensor:
     """Per-window NLL sums of the scored positions, from final hidden states.
 
@@ -189,11 +215,12 @@ def nll_from_hidden(
         hidden: (B, T, C) states after the final norm.
         targets: (B, T) next-token ids.
         score_from: First scored position.
+        score_to: End of the scored positions (exclusive); None for T.
 
     Returns:
-        (B,) float64 sums of NLL over positions score_from .. T - 1.
+        (B,) float64 sums of NLL over positions score_from .. score_to - 1.
     """
-    h, tg = hidden[:, score_from:], targets[:, score_from:]
+    h, tg = hidden[:, score_from:score_to], targets[:, score_from:score_to]
     B, S = tg.shape
     step = max(1, LOGIT_CHUNK // max(1, B * model.lm_head.out_features))
     total = torch.zeros(B, dtype=torch.float64, device=hidden.device)
@@ -206,7 +233,7 @@ def nll_from_hidden(
 def window_nll(model: nn.Module, batch: Batch) -> torch.Tensor:
     """The clean scorer: (B,) float64 NLL sums of a batch's scored targets."""
     return nll_from_hidden(
-        model, model.hidden_states(batch.inputs), batch.targets, batch.score_from
+        model, model.hidden_states(batch.inputs), batch.targets, batch.score_from, batch.score_to
     )
 
 
@@ -214,14 +241,27 @@ Scorer = Callable[[nn.Module, Batch], torch.Tensor]
 
 
 def batches(stream: np.ndarray, windows: list[Window], batch_size: int) -> Iterator[Batch]:
-    """Consecutive windows of equal (length, score_from) stacked into batches."""
+    """Consecutive windows of equal (length, score_from) stacked into batches of one shape.
+
+    Every batch is (B, T): T the longest of ``windows``, B = min(batch_size, len(windows));
+    a short group repeats its last window and a short window is padded with token 0
+    (``Batch.rows`` and ``Batch.score_to`` say what is real, see the module docstring).
+    """
+    if not windows:
+        return
+    T = max(w.length for w in windows)
+    B = min(batch_size, len(windows))
     group: list[Window] = []
 
     def emit() -> Batch:
         w0 = group[0]
         rows = np.stack([stream[w.start : w.start + w.length + 1] for w in group])
+        rows = np.pad(rows, ((0, B - len(group)), (0, T - w0.length)), mode="edge")
+        rows[:, w0.length + 1 :] = 0  # past the stream's end: any token, never scored
+        starts = np.array([w.start for w in group] + [group[-1].start] * (B - len(group)))
         ids = torch.from_numpy(rows.astype(np.int64))
-        return Batch(ids[:, :-1], ids[:, 1:], np.array([w.start for w in group]), w0.score_from)
+        end = None if w0.length == T else w0.length
+        return Batch(ids[:, :-1], ids[:, 1:], starts, w0.score_from, end, len(group))
 
     for w in windows:
         if group and (
@@ -288,12 +328,12 @@ def score(
     model.eval()
     device = next(model.parameters()).device
     for batch in batches(stream, mine, batch_size):
-        batch = Batch(
-            batch.inputs.to(device), batch.targets.to(device), batch.starts, batch.score_from
+        batch = dataclasses.replace(
+            batch, inputs=batch.inputs.to(device), targets=batch.targets.to(device)
         )
         sums = scorer(model, batch) if needs_grad else _no_grad_score(scorer, model, batch)
-        nll += float(sums.sum())
-        n = batch.inputs.shape[0] * (batch.inputs.shape[1] - batch.score_from)
+        nll += float(sums[: batch.rows].sum())
+        n = batch.scored
         count += n
         bar.update(n)
     bar.close()

@@ -21,6 +21,7 @@ attacked perplexity is reported beside the clean one.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -102,7 +103,7 @@ def contamination_scorer(
 
     def scorer(model: nn.Module, batch: Batch) -> torch.Tensor:
         bad = contaminate(batch.inputs, batch.starts, rate, mode, token, vocab_size, seed)
-        return window_nll(model, Batch(bad, batch.targets, batch.starts, batch.score_from))
+        return window_nll(model, dataclasses.replace(batch, inputs=bad))
 
     return scorer
 
@@ -140,6 +141,7 @@ def embedding_attack(
     epsilon: float,
     steps: int = 1,
     alpha: float | None = None,
+    score_to: int | None = None,
 ) -> torch.Tensor:
     """L-inf sign-gradient ascent on the embeddings: FGSM (steps=1, alpha=eps) or PGD.
 
@@ -151,6 +153,7 @@ def embedding_attack(
         epsilon: L-inf radius, in embedding units.
         steps: Number of sign-gradient steps K.
         alpha: Step size; default eps for one step, 2.5 eps / K otherwise.
+        score_to: End of the scored positions (exclusive); None for T.
 
     Returns:
         delta (B, T, C) with |delta| <= epsilon elementwise.
@@ -165,7 +168,7 @@ def embedding_attack(
         for _ in range(steps):
             delta.requires_grad_(True)
             hidden = hidden_from_embeddings(model, emb + delta)
-            loss = nll_from_hidden(model, hidden, targets, score_from).sum()
+            loss = nll_from_hidden(model, hidden, targets, score_from, score_to).sum()
             (grad,) = torch.autograd.grad(loss, delta)
             delta = (delta.detach() + alpha * grad.sign()).clamp_(-epsilon, epsilon)
     return delta
@@ -189,9 +192,10 @@ def attack_scorer(
             epsilon,
             n,
             epsilon if attack == "fgsm" else alpha,
+            batch.score_to,
         )
         with torch.no_grad():
             hidden = hidden_from_embeddings(model, emb.detach() + delta)
-            return nll_from_hidden(model, hidden, batch.targets, batch.score_from)
+            return nll_from_hidden(model, hidden, batch.targets, batch.score_from, batch.score_to)
 
     return scorer

@@ -10,9 +10,9 @@ graph per device and dtype instead of one per kernel (each CPU compile costs 10-
 
 (r d)^2 rather than r^2 d^2 keeps the product small in 16-bit scores, and i - j is cast to
 the score dtype before squaring (int32 d^2 overflows past T = 46341).
-    mask_mod:   lo[h] <= i - j <= hi[h]  and  j < n
+    mask_mod:   lo[h] <= i - j <= hi[h]  and  i, j < n
         causal: lo = 0;  two-sided: lo = -hi;  hi = the band w_h of the kernel description, or T
-        n: the real keys (inputs padded past n on CPU, see flex.py)
+        n: the real length (inputs are padded past n to a length bucket, see flex.py)
 
 All captured tensors stay graph inputs (not constants), so new values never recompile and
 gradients reach them (kb -> k and h_y, sq -> h_p) where FlexAttention has a backward.
@@ -39,10 +39,10 @@ def positional_score(kb: Tensor, r: Tensor, ab: Tensor) -> ScoreMod:
 
 
 def band(lo: Tensor, hi: Tensor, n: Tensor) -> MaskMod:
-    """Keep lo[h] <= i - j <= hi[h] and j < n; lo, hi (H,) and n () integer tensors."""
+    """Keep lo[h] <= i - j <= hi[h] and i, j < n; lo, hi (H,) and n () integer tensors."""
 
     def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         d = q_idx - kv_idx
-        return (d >= lo[h]) & (d <= hi[h]) & (kv_idx < n)
+        return (d >= lo[h]) & (d <= hi[h]) & (kv_idx < n) & (q_idx < n)
 
     return mask_mod

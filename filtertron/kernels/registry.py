@@ -5,10 +5,13 @@
 Each :class:`Impl` has ``attend(kernel) -> out`` and ``unsupported(kernel) -> reason | None``;
 optional backends are imported when first used (Triton only on a request for it). An explicit
 impl serves the kernel or raises NotImplementedError with its reason and the impls that can;
-it never falls back. ``auto`` takes the first impl of :data:`AUTO` for (device type, kernel
-family) that serves the kernel (e.g. the one with dropout, or one that is installed), and logs
-its choice once per (device, family, dropout, grad) on the "filtertron" logger (again only
-if the choice changes, e.g. for a head dim an impl cannot take).
+it never falls back. ``auto`` picks only what has run correctly on the device type: the
+first impl of its :data:`VERIFIED` row (:mod:`filtertron.kernels.verified`, one table of
+(device type, kernel family) -> impls with the date and run that verified each) that serves
+the kernel. It logs its choice once per (device, family, dropout, grad) on the "filtertron"
+logger (the log file), and when it passes over the row's first impl (not importable, no
+dropout, a head dim or dtype it cannot take, a device type with no verified impl) it says so
+once on the console (a WARNING): a fall to a materialised O(T^2) path is a cliff to see.
 
 What each name runs: "reference" the materialised kernel; "tiled" the tiled PyTorch engine
 (a custom op); "sdpa" PyTorch SDPA for plain softmax and the tiled engine for the rest (see
@@ -26,6 +29,7 @@ from torch import Tensor
 
 from filtertron.kernels import materialised
 from filtertron.kernels.description import Kernel
+from filtertron.kernels.verified import VERIFIED
 
 log = logging.getLogger("filtertron")
 
@@ -93,24 +97,54 @@ IMPLS: dict[str, Impl] = {
     "triton": Impl("triton", _triton),
 }
 
-# (device type, kernel family) -> impls to try, best first; auto takes the first that serves.
-# CPU, from bench/attention.py: SDPA for plain softmax, the tiled engine for the rest (with
-# grads and without; compiled flex is faster for bilateral inference but compiles 10-60 s per
-# new T, so it is an explicit choice). CUDA: SDPA's flash backend for plain softmax, the Triton
-# kernels for the rest -- not measured here (no GPU); the GPU check measures them.
-# "reference" ends every row: the one impl with bilateral dropout.
-AUTO: dict[tuple[str, str], tuple[str, ...]] = {
-    ("cpu", "softmax"): ("sdpa", "reference"),
-    ("cpu", "alibi"): ("sdpa", "reference"),
-    ("cpu", "bilateral"): ("sdpa", "reference"),
-    ("cpu", "twicing"): ("sdpa", "reference"),
-    ("cuda", "softmax"): ("sdpa", "reference"),
-    ("cuda", "alibi"): ("triton", "flex", "sdpa", "reference"),
-    ("cuda", "bilateral"): ("triton", "flex", "sdpa", "reference"),
-    ("cuda", "twicing"): ("triton", "sdpa", "reference"),
-}
-_DEFAULT = ("sdpa", "reference")
-_logged: dict[tuple, str] = {}  # auto's last logged choice per key
+_noted: set[tuple] = set()  # (level, key) already logged
+
+
+@torch.compiler.assume_constant_result
+def _note(level: int, key: tuple, message: str) -> bool:
+    """Log ``message`` on the "filtertron" logger once per ``key``; True if it did.
+
+    assume_constant_result makes dynamo run it while tracing (no graph break, nothing in the
+    graph, no guard on :data:`_noted`), so a compiled model reports auto's choice too.
+    """
+    if (level, key) in _noted:
+        return False
+    _noted.add((level, key))
+    log.log(level, message)
+    return True
+
+
+def _materialises(choice: str, kernel: Kernel) -> bool:
+    """Whether ``choice`` builds (H or B H, T, T) scores for this kernel."""
+    position_mask = choice == "sdpa" and kernel.dropout_p > 0.0 and kernel.position is not None
+    return choice == "reference" or position_mask
+
+
+def _auto(kernel: Kernel) -> str:
+    """auto's choice for ``kernel`` (see the module docstring); warns once when it falls."""
+    device, family = kernel.q.device.type, kernel.family
+    row = [v.impl for v in VERIFIED.get((device, family), ())]
+    reason = f"no impl is verified on device type {device!r}"
+    choice = None
+    for name in row:
+        why = IMPLS[name].unsupported(kernel)
+        if why is None:
+            choice = name
+            break
+        if name == row[0]:
+            reason = why
+    if choice is None:  # no row, or nothing in it serves: plain PyTorch
+        choice = "reference"
+    if not row or choice != row[0]:
+        first = f"{row[0]!r} cannot serve this call ({reason})" if row else reason
+        cliff = " (materialised: T x T scores, O(T^2) memory, much slower)"
+        _note(
+            logging.WARNING,
+            (device, family, choice),
+            f"attention impl='auto' for {family} on {device}: {first}; using {choice!r}"
+            + (cliff if _materialises(choice, kernel) else ""),
+        )
+    return choice
 
 
 def resolve(impl: str, kernel: Kernel) -> str:
@@ -133,17 +167,15 @@ def resolve(impl: str, kernel: Kernel) -> str:
             can = [n for n, i in IMPLS.items() if n != impl and i.unsupported(kernel) is None]
             raise NotImplementedError(f"{reason} (impls that can: {', '.join(can)})")
         return impl
-    device = kernel.q.device.type
-    rows = AUTO.get((device, kernel.family), _DEFAULT)
-    choice = next(n for n in rows if IMPLS[n].unsupported(kernel) is None)
-    key = (device, kernel.family, kernel.dropout_p > 0.0, kernel.needs_grad)
-    if _logged.get(key) != choice and not torch.compiler.is_compiling():
-        _logged[key] = choice  # (dynamo would break the graph on a log call)
-        log.info(
-            "attention impl='auto' -> %r for device=%s kind=%s dropout=%s requires_grad=%s",
-            choice,
-            *key,
-        )
+    choice = _auto(kernel)
+    key = (kernel.q.device.type, kernel.family, kernel.dropout_p > 0.0, kernel.needs_grad)
+    _note(
+        logging.INFO,
+        (*key, choice),
+        "attention impl='auto' -> {!r} for device={} kind={} dropout={} requires_grad={}".format(
+            choice, *key
+        ),
+    )
     return choice
 
 

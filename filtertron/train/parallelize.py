@@ -11,8 +11,8 @@ The transformations are applied to the built single-device model in this fixed o
 3. pipeline stages (``parallel.pp > 1``): the (sharded) GPT cut into a DeepSpeed
    ``PipelineModule`` (:func:`filtertron.parallel.pipeline.build_pipeline`, which shards
    before it cuts);
-4. compilation (``train.compile``): ``torch.compile`` on the whole GPT, or on each stage's
-   blocks under pipeline parallelism;
+4. compilation (``train.compile``): ``torch.compile`` on the whole GPT with static shapes
+   (:func:`compile_model`), or on each stage's blocks under pipeline parallelism;
 5. the DeepSpeed engine (config generated from ``cfg``) and the workarounds of
    :mod:`filtertron.parallel.deepspeed_workarounds`.
 
@@ -62,6 +62,17 @@ def _checkpoint_activations(model: GPT, every: int) -> None:
     model.checkpoint_every = every
 
 
+def compile_model(model: Any, **options: Any) -> None:
+    """``train.compile`` of the whole GPT: ``model.compile(dynamic=False, **options)``.
+
+    Static shapes: training and validation each run one shape, and a dynamic batch or length
+    would reach FlexAttention (auto's choice on CUDA for ALiBi, bilateral and twicing) as a
+    symbolic shape, which inductor's CPU flex kernel cannot build (torch 2.13) and no GPU run
+    has checked. Another shape (diagnostics at B = 1, an evaluation length) compiles once more.
+    """
+    model.compile(dynamic=False, **options)
+
+
 def _compile_stages(pipe: Any) -> None:
     from filtertron.parallel.deepspeed_workarounds import compiled_stages_keep_their_graph
     from filtertron.parallel.pipeline import BlockPipe
@@ -107,7 +118,7 @@ def parallelize(model: GPT, cfg: RunConfig, layout: ParallelLayout) -> Runner:
             apply_tensor_parallel(model, cfg.model, cfg.parallel.sequence_parallel)
             extra["mpu"] = layout.mpu
         if cfg.train.compile:
-            model.compile()
+            compile_model(model)
         module = model
     engine, *_ = deepspeed.initialize(
         model=module,

@@ -135,8 +135,11 @@ def test_explicit_impl_never_falls_back_and_names_the_ones_that_can():
 
 
 def test_auto_takes_the_first_impl_of_its_row_that_serves(monkeypatch, caplog):
-    monkeypatch.setattr(registry, "_logged", {})
-    monkeypatch.setitem(registry.AUTO, ("cpu", "bilateral"), ("flex", "tiled", "reference"))
+    from filtertron.kernels.verified import CPU_CI, VERIFIED, Verified
+
+    monkeypatch.setattr(registry, "_noted", set())
+    row = tuple(Verified(n, CPU_CI, "test") for n in ("flex", "tiled", "reference"))
+    monkeypatch.setitem(VERIFIED, ("cpu", "bilateral"), row)
     q, k, v = (t.float().requires_grad_() for t in qkv())
     with caplog.at_level(logging.INFO, logger="filtertron"):
         for _ in range(2):  # flex cannot do a CPU backward: tiled; logged once
@@ -147,12 +150,15 @@ def test_auto_takes_the_first_impl_of_its_row_that_serves(monkeypatch, caplog):
             assert registry.resolve("auto", kernel) == "flex"
         dropout = describe(q, k, v, "bilateral", h_p=H_P.float(), dropout_p=0.1)
         assert registry.resolve("auto", dropout) == "reference"
-    msgs = [r.getMessage() for r in caplog.records if r.name == "filtertron"]
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(msgs) == 3 and "'tiled'" in msgs[0] and "'flex'" in msgs[1]
 
 
 def test_registry_names_what_runs():
+    from filtertron.kernels.verified import VERIFIED
+
     assert set(IMPLS) == {"reference", "sdpa", "tiled", "flex", "triton"}
-    for (device, family), row in registry.AUTO.items():
-        assert device in ("cpu", "cuda") and row[-1] == "reference" and set(row) <= set(IMPLS)
+    for (device, family), row in VERIFIED.items():
+        names = [v.impl for v in row]
+        assert device in ("cpu", "cuda") and names[-1] == "reference" and set(names) <= set(IMPLS)
         assert family in ("softmax", "alibi", "bilateral", "twicing")

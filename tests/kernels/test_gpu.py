@@ -83,21 +83,6 @@ def test_triton_dense_kernels(case):
     check("triton", case, 300, 64, torch.bfloat16, band_eps=None)
 
 
-@pytest.mark.parametrize("T", (1, 40, 97, 129, 300))
-@pytest.mark.parametrize("case", CASES)
-def test_compiled_flex_forward_and_backward(case, T):
-    """Compiled CUDA FlexAttention (no padding on CUDA), three calls with new values each."""
-    for call in range(3):
-        qkv = tensors(T, 64, seed=call)
-        g = torch.randn_like(qkv[0])
-        ref64, ref32 = (literal(case, qkv, dt, True, g) for dt in (torch.float64, torch.float32))
-        fast = run("flex", case, qkv, torch.float32, True, g)
-        assert_matches(fast, ref32, ref64, NAMES[: len(ref64)], rel_buffer=5e-5)
-        with torch.no_grad():
-            out = run("flex", case, qkv, torch.float32, True)[0]
-        assert_matches([out], ref32[:1], ref64[:1], [f"out no grad (T={T}, call {call})"])
-
-
 def _grads(impl, qkv, h_p, g, **kw):
     leaves = [t.detach().float().requires_grad_() for t in (*qkv, h_p)]
     out = attention(*leaves[:3], h_p=leaves[3], impl=impl, **kw)
@@ -130,12 +115,3 @@ def test_triton_repeated_backward_is_bit_identical():
         second = _grads("triton", qkv, h, g, kind=kind, **extra)
         for a, b in zip(first, second, strict=True):
             assert torch.equal(a, b)
-
-
-def test_auto_picks_triton_for_bilateral_on_cuda():
-    from filtertron.kernels import describe, registry
-
-    q = torch.randn(1, 2, 64, 64, device="cuda")
-    kernel = describe(q, q, q, "bilateral", h_p=torch.tensor([2.0, 8.0], device="cuda"))
-    assert registry.resolve("auto", kernel) == "triton"
-    assert math.isfinite(float(registry.attend(kernel).sum()))

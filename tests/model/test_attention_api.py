@@ -107,16 +107,20 @@ def test_flex_forward_runs_on_cpu_without_grad_even_for_leaf_inputs():
 
 
 def test_auto_resolves_once_per_key_and_logs(caplog, monkeypatch):
-    monkeypatch.setattr(registry, "_logged", {})
+    monkeypatch.setattr(registry, "_noted", set())
     q, k, v = qkv()
     with caplog.at_level(logging.INFO, logger="filtertron"):
         for _ in range(3):
             attention(q, k, v, "bilateral", h_p=H_P)
-        attention(q, k, v, "bilateral", h_p=H_P, dropout_p=0.2)
-    msgs = [r.getMessage() for r in caplog.records if r.name == "filtertron"]
-    assert len(msgs) == 2
-    assert "'sdpa'" in msgs[0] and "kind=bilateral" in msgs[0]
-    assert "'reference'" in msgs[1]  # the one bilateral impl with dropout
+        for _ in range(2):
+            attention(q, k, v, "bilateral", h_p=H_P, dropout_p=0.2)
+    records = [r for r in caplog.records if r.name == "filtertron"]
+    infos = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    warns = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(infos) == 2
+    assert "'sdpa'" in infos[0] and "kind=bilateral" in infos[0]
+    assert "'reference'" in infos[1]  # the one bilateral impl with dropout
+    assert len(warns) == 1 and "'sdpa' cannot serve" in warns[0] and "O(T^2)" in warns[0]
     for kind in ("softmax", "twicing"):
         assert functional.resolve_impl("auto", q.device, kind, "softmax", True, False) == "sdpa"
 

@@ -199,10 +199,13 @@ class PipelineRunner(Runner):
     def validate(self, batches: Iterator[torch.Tensor], n: int) -> float:
         from filtertron.parallel.pipeline import split_batches
 
-        # eval_batch runs grad_accum micro-batches and averages over data-parallel ranks.
-        rounds = max(1, math.ceil(n / self.cfg.train.grad_accum))
+        # eval_batch averages k micro-batches and then the data-parallel ranks; rounds of
+        # grad_accum and one of the remainder score exactly n, weighted by their sizes.
+        full, rest = divmod(n, self.cfg.train.grad_accum)
+        sizes = [self.cfg.train.grad_accum] * full + ([rest] if rest else [])
         pairs = split_batches(batches)
-        return sum(float(self.engine.eval_batch(pairs)) for _ in range(rounds)) / rounds
+        total = sum(k * float(self.engine.eval_batch(pairs, num_micro_batches=k)) for k in sizes)
+        return total / n
 
     def consolidate(self, path: Path) -> dict[str, torch.Tensor] | None:
         collectives.barrier()  # every stage's files are on disk

@@ -366,3 +366,45 @@ def test_srun_without_a_first_host_stops_every_rank_with_one_line(tmp_path):
         assert lines[0].startswith("filtertron train: launch error: srun across several nodes")
         assert "export MASTER_ADDR=" in lines[0]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_eval_under_srun_reads_the_world_like_training(tmp_path):
+    """``srun filtertron eval`` on 2 nodes without MASTER_ADDR or scontrol: one launch-error
+    line, exit 2 (it used to read only WORLD_SIZE, so every task evaluated alone)."""
+    empty = tmp_path / "nothing-on-path"
+    empty.mkdir()
+    env = launcher_free_env(
+        None,
+        SLURM_JOB_ID="4123456",
+        SLURM_STEP_ID="0",
+        SLURM_PROCID="1",
+        SLURM_LOCALID="0",
+        SLURM_NTASKS="2",
+        SLURM_NNODES="2",
+        SLURM_JOB_NODELIST="node-[a-b]",
+    )
+    env["PATH"] = str(empty)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "filtertron.cli",
+            "eval",
+            str(tmp_path / "no-run"),
+            "--data",
+            str(tmp_path / "no-data"),
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("filtertron eval: launch error: srun across several nodes")
+    ), proc.stderr[-3000:]

@@ -213,9 +213,14 @@ def run(args: argparse.Namespace) -> int:
         )
         return launcher.run_child(cmd, log_dir, args.verbose, port)
     from filtertron.eval.evaluate import EvalRequestError, check_request, evaluate_checkpoints
+    from filtertron.parallel.distributed import LaunchError, discover
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    try:  # srun / mpirun tasks carry no WORLD_SIZE: read their place as training does
+        place = discover(os.environ)
+    except LaunchError as e:
+        print(f"filtertron eval: launch error: {e}", file=sys.stderr)
+        return 2
+    world, rank = place.world_size, place.rank
     try:
         if world > 1:
             from filtertron.parallel.distributed import init_distributed

@@ -423,12 +423,16 @@ def gather_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.cat(parts, dim=-1)[..., :vocab_size]
 
 
-def full_state_dict(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """The single-device state dict of a TP-sharded GPT (collective over the TP group)."""
+def full_state_dict(
+    model: nn.Module, cfg: ModelConfig, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The single-device state dict of a TP-sharded GPT (collective over the TP group); with
+    ``state``, of those tensors of this rank's shard instead of the model's own (e.g. its fp32
+    master weights)."""
     group, size = ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_world_size()
     spec = partition_spec(model, cfg.vocab_size, size)
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in (model.state_dict() if state is None else state).items():
         if name.endswith("_extra_state"):
             continue
         t = t.detach()

@@ -2,8 +2,9 @@
 
 deepspeed, torchrun, mpirun and srun start one of these per process; launch/train.py is the
 same thing as a script path (``deepspeed --hostfile H launch/train.py --config C.yaml``).
-A known error (bad config, bad data, divergence) prints as one line naming its cause, and
-its traceback goes to ``train.out_dir/logs/rank{r}.log``.
+A known error (bad config, bad data, a launcher environment that describes no single world,
+divergence) prints as one line naming its cause, and its traceback goes to
+``train.out_dir/logs/rank{r}.log``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ PROG = "filtertron train"
 def known_errors() -> dict[type[BaseException], tuple[str, int]]:
     """Exception type -> (what the one-line message calls it, exit status)."""
     from filtertron.data import DataError
+    from filtertron.parallel.distributed import LaunchError
     from filtertron.train.trainer import TrainingDiverged
 
     return {
         ConfigError: ("config error", 2),
         DataError: ("data error", 2),
+        LaunchError: ("launch error", 2),
         TrainingDiverged: ("training diverged", 1),
     }
 

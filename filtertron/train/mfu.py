@@ -8,10 +8,13 @@ peak, in this order (as torchtitan does it):
 
 1. ``train.peak_flops`` when set (FLOP/s of one device in the training dtype);
 2. :data:`PEAK_FLOPS`: NVIDIA's dense (no sparsity) tensor-core peaks per device and dtype,
-   from the datasheets named beside each entry. fp32 training counts the fp32 peak, or the
-   TF32 one when ``torch.get_float32_matmul_precision()`` lets matmuls use TF32;
-3. otherwise (CPUs, unlisted GPUs) a measured peak: square matmuls in the training dtype,
-   timed in several rounds, the best round taken.
+   from the datasheets named beside each entry, looked up by the exact name
+   ``torch.cuda.get_device_name()`` returns (never by substring: "NVIDIA L40" is not an L4).
+   fp32 training counts the fp32 peak, or the TF32 one when
+   ``torch.get_float32_matmul_precision()`` lets matmuls use TF32;
+3. otherwise (CPUs, unlisted GPUs, a dtype a GPU lacks) a measured peak: square matmuls in
+   the training dtype, timed in several rounds, the best round taken. On a GPU this comes with
+   a warning naming the device, so a missing table entry is never silent.
 
 A measured peak is a lower bound of the device's real peak (a busy machine, one matmul
 shape), so MFU against it can exceed 100%. An MFU above 100% is never logged as a number: the
@@ -34,28 +37,115 @@ log = logging.getLogger(__name__)
 _A100 = "https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf"  # noqa: E501
 _H100 = "https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet"
 _H200 = "https://www.nvidia.com/en-us/data-center/h200/"
+_GH200 = "https://www.nvidia.com/en-us/data-center/grace-hopper-superchip/"
+_L40 = "https://www.nvidia.com/en-us/data-center/l40/"
 _L40S = "https://www.nvidia.com/en-us/data-center/l40s/"
 _L4 = "https://www.nvidia.com/en-us/data-center/l4/"
 _A10 = "https://www.nvidia.com/en-us/data-center/products/a10-gpu/"
 _V100 = "https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf"  # noqa: E501
-_B200 = "https://github.com/pytorch/torchtitan (torchtitan/tools/utils.py get_peak_flops)"
-
-# (substring of torch.cuda.get_device_name(), {dtype: dense FLOP/s}, source). First match
-# wins, so more specific names come first ("H100 NVL" before "H100", "A100" before "A10").
-# Datasheets quote tensor-core rates "with sparsity"; the dense rate is half of that.
-PEAK_FLOPS: tuple[tuple[str, dict[str, float], str], ...] = (
-    ("H200 NVL", {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12}, _H200),
-    ("H200", {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 67e12}, _H200),
-    ("H100 NVL", {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12}, _H100),
-    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12}, _H100),
-    ("H100", {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 67e12}, _H100),
-    ("A100", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}, _A100),
-    ("L40S", {"bf16": 362.05e12, "fp16": 362.05e12, "tf32": 183e12, "fp32": 91.6e12}, _L40S),
-    ("L4", {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12}, _L4),
-    ("A10", {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12}, _A10),
-    ("V100", {"fp16": 125e12, "fp32": 15.7e12}, _V100),
-    ("B200", {"bf16": 2.25e15, "fp16": 2.25e15}, _B200),
+_HGX = "https://www.nvidia.com/en-us/data-center/hgx/"
+_ADA = "https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf"
+_GA102 = (
+    "https://www.nvidia.com/content/PDF/nvidia-ampere-ga-102-gpu-architecture-whitepaper-v2.pdf"
 )
+
+
+@dataclass(frozen=True)
+class DevicePeaks:
+    """Dense peaks of the devices CUDA names ``names`` (exactly), and the page they come from."""
+
+    names: tuple[str, ...]
+    flops: dict[str, float]
+    source: str
+
+
+# Matched by the exact name torch.cuda.get_device_name() returns (a leading "NVIDIA " is
+# optional: drivers before R470 left it out), never by a substring: "NVIDIA L40" is not an L4,
+# "NVIDIA A10G" (AWS, no NVIDIA datasheet) is not an A10, a V100 PCIe is slower than an SXM2.
+# Datasheets quote tensor-core rates "with sparsity"; the dense rate is half of that. A name
+# missing here gets a measured peak and a warning, never a neighbour's datasheet.
+PEAK_FLOPS: tuple[DevicePeaks, ...] = (
+    DevicePeaks(  # TF32 312* and BF16 624* with sparsity; SXM4 and PCIe list the same rates
+        ("A100-SXM4-40GB", "A100-SXM4-80GB", "A100-PCIE-40GB", "A100 80GB PCIe"),
+        {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+        _A100,
+    ),
+    DevicePeaks(  # H100 SXM5: BF16 1,979*, TF32 989*; 132 SMs at 1.83 GHz give 989.4 dense
+        ("H100 80GB HBM3",),
+        {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 67e12},
+        _H100,
+    ),
+    DevicePeaks(  # BF16 1,513*, TF32 756*
+        ("H100 PCIe",),
+        {"bf16": 756.5e12, "fp16": 756.5e12, "tf32": 378e12, "fp32": 51e12},
+        _H100,
+    ),
+    DevicePeaks(  # BF16 1,671*, TF32 835*
+        ("H100 NVL",),
+        {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12},
+        _H100,
+    ),
+    DevicePeaks(  # H200 SXM: BF16 1,979*, TF32 989* (the H100 SXM's compute)
+        ("H200",),
+        {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 67e12},
+        _H200,
+    ),
+    DevicePeaks(  # BF16 1,671*, TF32 835*
+        ("H200 NVL",),
+        {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12},
+        _H200,
+    ),
+    DevicePeaks(  # the Hopper GPU of the superchip: BF16 1,979*, TF32 989*
+        ("GH200 480GB",),
+        {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 67e12},
+        _GH200,
+    ),
+    DevicePeaks(  # BF16 242*, TF32 120*
+        ("L4",),
+        {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12},
+        _L4,
+    ),
+    DevicePeaks(  # BF16 362.1*, TF32 181*
+        ("L40",),
+        {"bf16": 181.05e12, "fp16": 181.05e12, "tf32": 90.5e12, "fp32": 90.5e12},
+        _L40,
+    ),
+    DevicePeaks(  # BF16 733*, TF32 366*
+        ("L40S",),
+        {"bf16": 362.05e12, "fp16": 362.05e12, "tf32": 183e12, "fp32": 91.6e12},
+        _L40S,
+    ),
+    DevicePeaks(  # BF16 250*, TF32 125*
+        ("A10",),
+        {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
+        _A10,
+    ),
+    DevicePeaks(  # Volta: fp16 tensor cores, no bf16, no tf32 (no sparsity either)
+        ("Tesla V100-SXM2-16GB", "Tesla V100-SXM2-32GB"),
+        {"fp16": 125e12, "fp32": 15.7e12},
+        _V100,
+    ),
+    DevicePeaks(
+        ("Tesla V100-PCIE-16GB", "Tesla V100-PCIE-32GB"), {"fp16": 112e12, "fp32": 14e12}, _V100
+    ),
+    DevicePeaks(("Tesla V100S-PCIE-32GB",), {"fp16": 130e12, "fp32": 16.4e12}, _V100),
+    DevicePeaks(  # HGX B200, 8 GPUs: FP16/BF16 36 PF*, TF32 18 PF*, FP32 600 TF
+        ("B200",),
+        {"bf16": 2.25e15, "fp16": 2.25e15, "tf32": 1.125e15, "fp32": 75e12},
+        _HGX,
+    ),
+    DevicePeaks(  # Ada whitepaper, appendix: BF16 with FP32 accumulate 165.2 / 330.4*
+        ("GeForce RTX 4090",),
+        {"bf16": 165.2e12, "tf32": 82.6e12, "fp32": 82.6e12},
+        _ADA,
+    ),
+    DevicePeaks(  # GA102 whitepaper, appendix: BF16 with FP32 accumulate 71 / 142*
+        ("GeForce RTX 3090",),
+        {"bf16": 71e12, "tf32": 35.6e12, "fp32": 35.6e12},
+        _GA102,
+    ),
+)
+_BY_NAME = {name: entry for entry in PEAK_FLOPS for name in entry.names}
 _DTYPES = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
@@ -81,14 +171,19 @@ def matmul_dtype(precision: str) -> str:
     return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
+def _bare(device_name: str) -> str:
+    name = device_name.strip()
+    return name[len("NVIDIA ") :] if name.startswith("NVIDIA ") else name
+
+
 def table_peak(device_name: str, dtype: str) -> Peak | None:
-    """The datasheet peak of ``device_name`` (as CUDA names it) in ``dtype``, if listed."""
-    for key, peaks, source in PEAK_FLOPS:
-        if key in device_name:
-            if dtype not in peaks:
-                return None
-            return Peak(peaks[dtype], dtype, f"{key} {dtype} datasheet peak ({source})")
-    return None
+    """The datasheet peak of ``device_name`` (exactly as CUDA names it) in ``dtype``, if listed."""
+    entry = _BY_NAME.get(_bare(device_name))
+    if entry is None or dtype not in entry.flops:
+        return None
+    return Peak(
+        entry.flops[dtype], dtype, f"{_bare(device_name)} {dtype} datasheet peak ({entry.source})"
+    )
 
 
 _MEASURED: dict[tuple[str, str], float] = {}
@@ -141,9 +236,21 @@ def peak_for(cfg: RunConfig, device: torch.device) -> Peak:
     if cfg.train.peak_flops:
         return Peak(cfg.train.peak_flops, dtype, "train.peak_flops")
     if device.type == "cuda":
-        found = table_peak(torch.cuda.get_device_name(device), dtype)
+        name = torch.cuda.get_device_name(device)
+        found = table_peak(name, dtype)
         if found is not None:
             return found
+        listed = _bare(name) in _BY_NAME
+        log.warning(
+            "MFU: %s; measuring a %s matmul peak instead (a lower bound: MFU reads high). "
+            "Set train.peak_flops to the device's dense %s datasheet peak",
+            f"{name!r} has no {dtype} entry"
+            if listed
+            else f"{name!r} is not in the "
+            "datasheet table (filtertron/train/mfu.py PEAK_FLOPS, exact names)",
+            dtype,
+            dtype,
+        )
     flops = measured_peak_flops(dtype, device)
     return Peak(
         flops, dtype, f"measured {dtype} matmul on {device.type}, best of 5 rounds", measured=True

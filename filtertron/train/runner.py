@@ -14,6 +14,7 @@ itself. Every reduction goes through :mod:`filtertron.parallel.collectives`.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from filtertron.checkpoint import shards
 from filtertron.config import RunConfig
 from filtertron.parallel import collectives, deepspeed_workarounds
 from filtertron.parallel.state import ParallelLayout
+from filtertron.train import masters
 
 
 class Runner:
@@ -80,11 +82,17 @@ class Runner:
         raise NotImplementedError
 
     def consolidate(self, path: Path) -> dict[str, torch.Tensor] | None:
-        """The single-device state dict of the model, on global rank 0 (None elsewhere).
+        """The single-device state dict of the model, on global rank 0 (None elsewhere): the
+        fp32 master weights in a bf16 run (:mod:`filtertron.train.masters`), never their bf16
+        rounding.
 
         Collective: every rank calls it, after :meth:`save_files` wrote ``path``.
         """
         raise NotImplementedError
+
+    @property
+    def bf16(self) -> bool:
+        return self.cfg.train.precision == "bf16"
 
     def grad_norm(self) -> float:
         """The last step's gradient norm before clipping (NaN where DeepSpeed keeps none)."""
@@ -111,6 +119,37 @@ class Runner:
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
+        if weights_only and self.bf16:
+            self._restore_masters(root / tag)
+
+    def _restore_masters(self, path: Path) -> None:
+        """After a weights-only load DeepSpeed sets a bf16 run's masters to the bf16 module
+        weights; a converted checkpoint's model.pt may hold the unrounded fp32 masters."""
+        import logging
+
+        log = logging.getLogger(__name__)
+        weights = shards.read_weights(path, self.cfg)
+        if weights.kind != "fp32 master weights":
+            log.warning(
+                "resumed from %s: the fp32 master weights start from the bf16 module weights",
+                weights.describe(),
+            )
+            return
+        shard = None
+        if self.layout.tp_size > 1:
+            from filtertron.parallel.tensor import partition_spec, shard_tensor
+
+            spec = partition_spec(
+                shards.meta_model(self.cfg), self.cfg.model.vocab_size, self.layout.tp_size
+            )
+
+            def shard(name: str, t: torch.Tensor) -> torch.Tensor:
+                if name not in spec:
+                    return t
+                return shard_tensor(t, spec[name], self.layout.tp_rank, self.layout.tp_size)
+
+        n = masters.restore(self.engine, weights.state, shard)
+        log.info("restored %d fp32 master weights from %s", n, weights.source)
 
     def restart_schedule_at(self, step: int) -> None:
         """Move the LR schedule to ``step`` (a weights-only resume has no scheduler state)."""
@@ -163,7 +202,8 @@ class EngineRunner(Runner):
         return collectives.mean(total / n)
 
     def consolidate(self, path: Path) -> dict[str, torch.Tensor] | None:
-        state = shards.gather_live(self.module, self.cfg)
+        local = masters.Masters(self.engine).state_dict(self.module) if self.bf16 else None
+        state = shards.gather_live(self.module, self.cfg, local)
         return state if self.layout.rank == 0 else None
 
 
@@ -199,11 +239,26 @@ class PipelineRunner(Runner):
     def validate(self, batches: Iterator[torch.Tensor], n: int) -> float:
         from filtertron.parallel.pipeline import split_batches
 
-        # eval_batch runs grad_accum micro-batches and averages over data-parallel ranks.
-        rounds = max(1, math.ceil(n / self.cfg.train.grad_accum))
+        # eval_batch averages k micro-batches and then the data-parallel ranks; rounds of
+        # grad_accum and one of the remainder score exactly n, weighted by their sizes.
+        full, rest = divmod(n, self.cfg.train.grad_accum)
+        sizes = [self.cfg.train.grad_accum] * full + ([rest] if rest else [])
         pairs = split_batches(batches)
-        return sum(float(self.engine.eval_batch(pairs)) for _ in range(rounds)) / rounds
+        total = sum(k * float(self.engine.eval_batch(pairs, num_micro_batches=k)) for k in sizes)
+        return total / n
 
     def consolidate(self, path: Path) -> dict[str, torch.Tensor] | None:
+        source = path
+        if self.bf16:  # the stages write their fp32 masters beside DeepSpeed's files
+            source = path / "fp32_masters.tmp"
+            lay = self.layout
+            masters.write_stage_masters(
+                self.engine, source, lay.pp_rank, lay.tp_rank, write=lay.dp_rank == 0
+            )
         collectives.barrier()  # every stage's files are on disk
-        return shards.consolidate(path, self.cfg) if self.layout.rank == 0 else None
+        if self.layout.rank != 0:
+            return None
+        state = shards.consolidate(source, self.cfg)
+        if source != path:
+            shutil.rmtree(source)
+        return state

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from filtertron.parallel import collectives
-from tests.parallel.conftest import spawn
+from tests.parallel.conftest import spawn, tiny_config
 
 PACKAGE = Path(__file__).resolve().parents[2] / "filtertron"
 ALLOWED = {PACKAGE / "parallel" / "collectives.py"}
@@ -224,3 +224,44 @@ def test_gloo_collectives_on_two_ranks():
         assert r["floats"] == [0.75, 2e300]  # float64: 1e300 survives the sum
         assert r["all_true"] is False and r["all_true_both"] is True
         assert r["mean"] == 0.5 and r["object"] == {"rank": 0} and r["unchanged"]
+
+
+def _eval_sums_job(rank: int, world: int) -> dict:
+    """Evaluation's reduction of rank-dependent partial sums, and a perplexity split over the
+    ranks (each scores every world-th window of one stream)."""
+    from filtertron.eval.perplexity import all_reduce_sums, score, sliding_windows
+    from filtertron.model import build_model
+
+    # 2^40 + 1 + rank: float64 holds every such integer exactly, float32 rounds it to 2^40
+    sums = all_reduce_sums([2.0**40 + 1.0 + rank, 0.1 * (rank + 1), float(rank)])
+    torch.manual_seed(0)
+    model = build_model(tiny_config().model)
+    stream = torch.randint(0, 50, (400,), generator=torch.Generator().manual_seed(2)).numpy()
+    totals = score(
+        model, stream, sliding_windows(len(stream) - 1, 16, 8), 2, rank=rank, world=world
+    )
+    return {"sums": sums, "nll": totals.nll_sum, "tokens": totals.tokens}
+
+
+@pytest.mark.distributed
+def test_evaluation_sums_reduce_in_float64_over_two_gloo_ranks():
+    """Rank r contributes (2^40 + 1 + r, 0.1 (r + 1), r): every rank must get the float64 sums
+    (2^41 + 3, 0.1 + 0.2, 1), which differ from each rank's own values and which float32 would
+    round (2^41 + 3 is not a float32). A perplexity scored over the two ranks equals the
+    single-process one (reference: the same windows in this process, no process group)."""
+    from filtertron.eval.perplexity import score, sliding_windows
+    from filtertron.model import build_model
+
+    got = spawn(_eval_sums_job, 2)
+    expected = [2.0**41 + 3.0, 0.1 + 0.2, 1.0]
+    assert float(torch.tensor(expected[0], dtype=torch.float32)) != expected[0]
+    for r in got:
+        assert r["sums"] == expected, r["sums"]
+    torch.manual_seed(0)
+    model = build_model(tiny_config().model)
+    stream = torch.randint(0, 50, (400,), generator=torch.Generator().manual_seed(2)).numpy()
+    one = score(model, stream, sliding_windows(len(stream) - 1, 16, 8), 2)
+    for r in got:
+        assert r["tokens"] == one.tokens
+        # the same windows, split over two ranks: float32 per-window sums, added in float64
+        assert r["nll"] == pytest.approx(one.nll_sum, rel=1e-6, abs=0), (r, one)

@@ -10,6 +10,7 @@ norms within 1e-5 absolute (observed ~3e-7).
 from __future__ import annotations
 
 import pytest
+import torch
 
 from filtertron.parallel.pipeline import layer_names
 from tests.parallel.conftest import (
@@ -83,3 +84,44 @@ def test_layer_names_cover_the_state_dict():
         for name in build_model(cfg.model).state_dict():
             owners = [p for p in prefixes if name.startswith(p)]
             assert len(owners) == 1, (tied, name, owners)
+
+
+def _validate_job(rank: int, world: int, cfg, n: int) -> tuple[float, float]:
+    """The trainer's PP runner scoring ``n`` validation micro-batches (on both stages), then
+    one training step (a short last evaluation round must not upset the training schedule)."""
+    from filtertron.model import build_model
+    from filtertron.parallel.state import layout_for
+    from filtertron.train.parallelize import parallelize
+
+    torch.manual_seed(cfg.train.seed)
+    runner = parallelize(build_model(cfg.model), cfg, layout_for(cfg, world))
+    val = runner.validate(iter(batches(n + 4, MB, seed=11)), n)
+    loss, _ = runner.train_step(runner.feed(iter(batches(GAS, MB))))
+    return val, loss
+
+
+@pytest.mark.distributed
+def test_pp2_validation_scores_exactly_eval_batches():
+    """eval.batches = 3 with grad_accum = 2: PP=2 must average the same 3 micro-batches as the
+    single-device model (what PP=1 with one data-parallel rank scores), not ceil(3/2) x 2 = 4.
+    Reference: the whole GPT built from the same seed, plain forward, mean of 3 losses; the
+    fourth batch's loss differs from that mean by ~1e-2, far above the 1e-6 tolerance."""
+    from filtertron.model import build_model
+
+    cfg = tiny_config(f"train.grad_accum={GAS}", f"train.micro_batch_size={MB}", pp=2,
+                      zero_stage=1)
+    n = 3
+    assert n % GAS
+    got = spawn(_validate_job, 2, cfg, n)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model).eval()
+    data = batches(n + 4, MB, seed=11)
+    with torch.no_grad():
+        losses = [float(model(b[:, :-1], b[:, 1:])) for b in data[: n + 1]]
+    ref = sum(losses[:n]) / n
+    assert abs(sum(losses[: n + 1]) / (n + 1) - ref) > 1e-4  # a 4th batch would show
+    with torch.no_grad():
+        train_ref = sum(float(model(b[:, :-1], b[:, 1:])) for b in batches(GAS, MB)) / GAS
+    for val, loss in got:  # every stage returns the (broadcast) losses
+        assert val == pytest.approx(ref, rel=1e-6, abs=0), (got, ref, losses)
+        assert loss == pytest.approx(train_ref, rel=1e-6, abs=0), (got, train_ref)

@@ -1,14 +1,17 @@
 """Multi-process training through the deepspeed launcher on gloo (2 processes on this CPU).
 
-ZeRO stages agree; a SIGKILLed run resumes step-for-step; a simulated two-node launch trains.
+ZeRO stages agree; a SIGKILLed run resumes step-for-step; a simulated two-node launch trains;
+the SLURM batch script and the mpirun recipe run (srun and scontrol faked: no SLURM here).
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +173,182 @@ def test_tensor_and_pipeline_parallel_match_one_process(dataset, tmp_path_factor
     for step in ref:
         assert abs(got[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, got, ref)
     assert (out / "checkpoints" / "step_00000004" / "model.pt").is_file()
+
+
+# ----------------------------------------------------------------- SLURM and mpirun recipes
+
+SBATCH = ROOT / "launch" / "slurm.sbatch"
+
+
+def sbatch_options(path=SBATCH) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("#SBATCH --"):
+            key, _, value = line[len("#SBATCH --") :].partition("=")
+            out[key] = value
+    return out
+
+
+def test_sbatch_log_goes_where_a_fresh_checkout_has_a_folder():
+    """SLURM opens --output before the script runs and creates no folder for it: the path
+    must be in the submit directory itself or in a folder the repository tracks."""
+    output = sbatch_options()["output"]
+    folder = os.path.dirname(output)
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", folder or "."], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert folder == "" or tracked.strip(), f"--output={output}: {folder}/ is not in the repo"
+    assert subprocess.run(["bash", "-n", str(SBATCH)]).returncode == 0
+
+
+def _fake_bin(tmp_path, name: str, body: str):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    exe = bin_dir / name
+    exe.write_text("#!/bin/bash\n" + body)
+    exe.chmod(0o755)
+    return bin_dir
+
+
+def _sbatch_env(bin_dir, submit_dir, **extra) -> dict[str, str]:
+    env = launcher_env()
+    env = {k: v for k, v in env.items() if not k.startswith(("SLURM_", "OMPI_"))}
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        SLURM_JOB_ID="4123456",
+        SLURM_JOB_NAME="filtertron",
+        SLURM_SUBMIT_DIR=str(submit_dir),
+        SLURM_NNODES="2",
+        SLURM_NTASKS_PER_NODE="8",
+        SLURM_NTASKS="16",
+        SLURM_JOB_NODELIST="gpu[07-08]",
+    )
+    env.update(extra)
+    return env
+
+
+def test_sbatch_body_runs_srun_from_the_submit_dir_and_names_its_log(tmp_path):
+    """The batch script as SLURM runs it (a copy in a spool folder, cwd elsewhere), with a
+    fake srun that records where it ran and what it was given."""
+    bin_dir = _fake_bin(tmp_path, "srun", f'echo "$PWD|$*" > {tmp_path}/srun.call\n')
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "slurm_script").write_text(SBATCH.read_text())
+    proc = subprocess.run(
+        ["bash", str(spool / "slurm_script"), "configs/tiny.yaml", "--set", "train.steps=3"],
+        env=_sbatch_env(bin_dir, ROOT),
+        cwd=spool,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    where, args = (tmp_path / "srun.call").read_text().strip().split("|")
+    assert where == str(ROOT)
+    assert args.split() == [
+        "--kill-on-bad-exit=1",
+        "python",
+        "launch/train.py",
+        "--config",
+        "configs/tiny.yaml",
+        "--set",
+        "train.steps=3",
+    ]
+    assert f"this log: {ROOT}/filtertron-4123456.out" in proc.stdout
+    # submitted from somewhere that is not a checkout: one line, and srun never runs
+    (tmp_path / "srun.call").unlink()
+    proc = subprocess.run(
+        ["bash", str(spool / "slurm_script"), "configs/tiny.yaml"],
+        env=_sbatch_env(bin_dir, tmp_path),
+        cwd=spool,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "submit from the filtertron checkout" in proc.stderr
+    assert not (tmp_path / "srun.call").exists()
+
+
+FAKE_SRUN = r"""
+# srun as it starts one step: SLURM_NTASKS copies of the command on this "node", each with the
+# variables srun gives its tasks.
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for ((r = 0; r < SLURM_NTASKS; r++)); do
+  SLURM_STEP_ID=0 SLURM_PROCID=$r SLURM_LOCALID=$r SLURM_NODEID=0 \
+    SLURM_STEP_NUM_TASKS=$SLURM_NTASKS SLURM_STEP_NUM_NODES=1 \
+    SLURM_STEP_NODELIST=$SLURM_JOB_NODELIST "$@" &
+  pids+=($!)
+done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+exit $rc
+"""
+
+
+@pytest.mark.slow
+def test_sbatch_trains_two_ranks_through_srun(dataset, tmp_path):
+    """launch/slurm.sbatch end to end on one "node" with 2 tasks: the script, a fake srun that
+    starts the tasks with SLURM's variables only, rank discovery, and 3 training steps of one
+    world of 2 (the committed checkpoint records world_size 2)."""
+    from tests.parallel.test_distributed import slurm_job_id
+
+    bin_dir = _fake_bin(tmp_path, "srun", FAKE_SRUN)
+    _fake_bin(tmp_path, "python", f'exec "{sys.executable}" "$@"\n')  # the venv's python
+    out = tmp_path / "run"
+    overrides = []
+    for o in tiny_overrides(dataset, out, **{"train.steps": 3}):
+        overrides += ["--set", o]
+    env = _sbatch_env(
+        bin_dir,
+        ROOT,
+        SLURM_JOB_ID=slurm_job_id(),
+        SLURM_NNODES="1",
+        SLURM_NTASKS_PER_NODE="2",
+        SLURM_NTASKS="2",
+        SLURM_JOB_NODELIST="localhost",
+    )
+    proc = subprocess.run(
+        ["bash", str(SBATCH), "configs/tiny.yaml", *overrides],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert sorted(last_losses(out)) == [1, 2, 3]
+    meta = json.loads((out / "checkpoints" / "step_00000003" / "filtertron.json").read_text())
+    assert meta["world_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun")
+def test_mpirun_recipe_on_one_machine_without_master_addr(dataset, tmp_path):
+    """launch/mpirun.sh -np 2 with no MASTER_ADDR: the ranks meet on 127.0.0.1 and train one
+    world of 2."""
+    out = tmp_path / "run"
+    overrides = []
+    for o in tiny_overrides(dataset, out, **{"train.steps": 3}):
+        overrides += ["--set", o]
+    env = launcher_env()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "launch" / "mpirun.sh"),
+            "-np",
+            "2",
+            "--oversubscribe",
+            "configs/tiny.yaml",
+            *overrides,
+        ],
+        env={**env, "PYTHON": sys.executable},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    meta = json.loads((out / "checkpoints" / "step_00000003" / "filtertron.json").read_text())
+    assert meta["world_size"] == 2

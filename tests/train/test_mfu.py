@@ -15,29 +15,75 @@ from filtertron.train import mfu
 from filtertron.train.trainer import Trainer
 from tests.train.conftest import tiny_config
 
+# Real torch.cuda.get_device_name() strings and the dense datasheet peak each must get, typed
+# from the datasheets (half the "with sparsity" figures), not from filtertron's table. None:
+# the device (or the dtype on it) is not listed, so the peak is measured.
+REAL_NAMES = [
+    ("NVIDIA A100-SXM4-40GB", "bf16", 312e12),
+    ("NVIDIA A100-SXM4-80GB", "fp32", 19.5e12),
+    ("NVIDIA A100-PCIE-40GB", "tf32", 156e12),
+    ("NVIDIA A100 80GB PCIe", "bf16", 312e12),
+    ("A100-SXM4-40GB", "bf16", 312e12),  # drivers before R470 had no "NVIDIA " prefix
+    ("NVIDIA H100 80GB HBM3", "bf16", 989.4e12),
+    ("NVIDIA H100 80GB HBM3", "tf32", 494.7e12),
+    ("NVIDIA H100 PCIe", "bf16", 756.5e12),
+    ("NVIDIA H100 NVL", "bf16", 835.5e12),
+    ("NVIDIA H100 NVL", "tf32", 417.5e12),
+    ("NVIDIA H200", "bf16", 989.4e12),
+    ("NVIDIA H200", "fp32", 67e12),
+    ("NVIDIA H200 NVL", "bf16", 835.5e12),
+    ("NVIDIA GH200 480GB", "bf16", 989.4e12),
+    ("NVIDIA L4", "bf16", 121e12),
+    ("NVIDIA L4", "fp32", 30.3e12),
+    ("NVIDIA L40", "bf16", 181.05e12),  # not the L4's 121
+    ("NVIDIA L40", "tf32", 90.5e12),
+    ("NVIDIA L40S", "bf16", 362.05e12),
+    ("NVIDIA A10", "bf16", 125e12),
+    ("NVIDIA A10G", "bf16", None),  # AWS's A10G: no NVIDIA datasheet, never the A10's 125
+    ("Tesla V100-SXM2-16GB", "fp32", 15.7e12),
+    ("Tesla V100-SXM2-32GB", "fp16", 125e12),
+    ("Tesla V100-PCIE-32GB", "fp16", 112e12),  # not the SXM2's 125
+    ("Tesla V100S-PCIE-32GB", "fp32", 16.4e12),
+    ("Tesla V100-SXM2-32GB", "bf16", None),  # no bf16 on Volta
+    ("NVIDIA B200", "bf16", 2.25e15),
+    ("NVIDIA GeForce RTX 4090", "bf16", 165.2e12),  # FP32 accumulate (what torch uses)
+    ("NVIDIA GeForce RTX 3090", "bf16", 71e12),
+    ("NVIDIA GeForce RTX 4090 D", "bf16", None),  # a different (cut-down) card
+    ("NVIDIA GeForce RTX 4080", "bf16", None),
+    ("NVIDIA RTX A6000", "bf16", None),
+    ("NVIDIA H800", "bf16", None),  # not the H100's
+    ("NVIDIA A800-SXM4-80GB", "bf16", None),  # not the A100's
+    ("Tesla T4", "fp16", None),
+]
 
-@pytest.mark.parametrize(
-    "name,dtype,expected",
-    [  # dense datasheet figures (half the "with sparsity" ones), typed from the datasheets
-        ("NVIDIA H100 80GB HBM3", "bf16", 989.4e12),
-        ("NVIDIA H100 PCIe", "bf16", 756e12),
-        ("NVIDIA H100 NVL", "tf32", 417.5e12),
-        ("NVIDIA H200", "bf16", 989.4e12),
-        ("NVIDIA H200", "fp32", 67e12),
-        ("NVIDIA A100-SXM4-80GB", "fp32", 19.5e12),
-        ("NVIDIA A100 80GB PCIe", "tf32", 156e12),
-        ("NVIDIA A10", "bf16", 125e12),  # not A100's entry
-        ("NVIDIA L40S", "bf16", 362.05e12),  # not L4's entry
-        ("NVIDIA L4", "fp32", 30.3e12),
-        ("Tesla V100-SXM2-16GB", "bf16", None),  # no bf16 on Volta: measured instead
-        ("NVIDIA GeForce RTX 4090", "bf16", None),  # not in the table
-    ],
-)
-def test_table_peak(name, dtype, expected):
+
+@pytest.mark.parametrize("name,dtype,expected", REAL_NAMES)
+def test_table_peak_by_exact_device_name(name, dtype, expected):
     peak = mfu.table_peak(name, dtype)
     assert (peak.flops if peak else None) == expected
     if peak:
         assert "datasheet" in peak.source and peak.dtype == dtype
+
+
+def test_every_table_entry_names_whole_devices_and_a_source():
+    seen = set()
+    for entry in mfu.PEAK_FLOPS:
+        assert entry.source.startswith("https://"), entry
+        for name in entry.names:
+            assert name not in seen, f"{name} listed twice"
+            seen.add(name)
+            assert mfu.table_peak(name, next(iter(entry.flops))) is not None
+
+
+def test_unlisted_gpu_is_measured_with_a_console_line(monkeypatch, caplog):
+    cfg = load_config(None, ["train.precision=bf16"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A10G")
+    monkeypatch.setattr(mfu, "measured_peak_flops", lambda dtype, device: 5e13)
+    with caplog.at_level(logging.INFO):
+        peak = mfu.peak_for(cfg, torch.device("cuda", 0))
+    assert peak.measured and peak.flops == 5e13
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 1 and "'NVIDIA A10G'" in lines[0] and "train.peak_flops" in lines[0]
 
 
 def test_matmul_dtype_follows_the_float32_precision():
@@ -57,7 +103,7 @@ def test_peak_sources_in_order(monkeypatch):
     assert mfu.peak_for(cfg, torch.device("cpu")) == mfu.Peak(5e12, "bf16", "train.peak_flops")
     cfg = load_config(None, ["train.precision=bf16"])
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
-    assert mfu.peak_for(cfg, torch.device("cuda", 0)).flops == 756e12
+    assert mfu.peak_for(cfg, torch.device("cuda", 0)).flops == 756.5e12
     seen = []
     monkeypatch.setattr(
         mfu, "measured_peak_flops", lambda dtype, device: seen.append((dtype, device)) or 1e11

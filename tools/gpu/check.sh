@@ -28,13 +28,16 @@
 # limit is cut to what is left, and a part that needs more than is left (its minimum) is
 # skipped with a line saying so; the run ends at most ~15 s after the budget. Exit status: 0
 # if no part failed, 1 if one did, 2 for a usage or set-up error, 3 when no GPU is present.
-# Environment: PYTHON (default python3), FILTERTRON_WHEELS (default .whl/), SITE (install
-# prefix, default a fresh temporary folder), CHECK_BUDGET.
+# CHECK_SLOWDOWN (default 1) multiplies every part's minimum and limit, for a slower machine
+# (the CPU test under a fake GPU uses 4, with a larger budget). Environment: PYTHON (default
+# python3), FILTERTRON_WHEELS (default .whl/), SITE (install prefix, default a fresh temporary
+# folder), CHECK_BUDGET, CHECK_SLOWDOWN.
 #
 # Every part's command is a program (timeout execs it; a shell function cannot be run that
 # way, which kept training from ever starting on 2026-12-04): `part` refuses anything else.
 # tests/test_gpu_check.py runs this script end to end on a CPU under a fake GPU.
 set -uo pipefail
+{  # one compound command: bash reads the whole file first, so editing it cannot change a run
 
 usage() { echo "usage: tools/gpu/check.sh OUTDIR" >&2; exit 2; }
 [ $# -eq 1 ] || usage
@@ -45,12 +48,15 @@ OUT=$(cd "$OUT" && pwd)
 PYTHON=${PYTHON:-python3}
 WHEELS=${FILTERTRON_WHEELS:-$ROOT/.whl}
 BUDGET=${CHECK_BUDGET:-330}
+SLOWDOWN=${CHECK_SLOWDOWN:-1}
 case $BUDGET in ''|*[!0-9]*) echo "check.sh: CHECK_BUDGET=$BUDGET is not a whole number of seconds" >&2; exit 2;; esac
+case $SLOWDOWN in ''|0|*[!0-9]*) echo "check.sh: CHECK_SLOWDOWN=$SLOWDOWN is not a whole number >= 1" >&2; exit 2;; esac
 SUMMARY=$OUT/summary.txt
 STATE=$OUT/state  # one file per part: its status, and its summary line
 ARCHIVE=$OUT/check.tar.gz
 START=$(date +%s)
-rm -rf "$STATE" "$ARCHIVE"
+# A rerun into the same OUTDIR starts clean but keeps cache/ (warm compiles) and data/.
+rm -rf "$STATE" "$ARCHIVE" "$OUT"/[0-9][0-9]-*.log "$OUT"/{run,resumed,eval,throughput,attention}
 mkdir -p "$STATE"
 : >"$SUMMARY"
 
@@ -175,7 +181,7 @@ detail_of() {  # what a part measured, in one line, from its log
   echo "${d:0:400}"
 }
 part() {  # part NAME MIN_S MAX_S NEEDS COMMAND...: run COMMAND with a limit, log, record
-  local name=$1 min=$2 max=$3 needs=$4; shift 4
+  local name=$1 min=$(($2 * SLOWDOWN)) max=$(($3 * SLOWDOWN)) needs=$4; shift 4
   local log="$OUT/$name.log" l limit t0 rc dt
   if [ "$needs" != - ] && [ "$(status_of "$needs")" != PASS ]; then
     record "$name" SKIP "SKIP $name: needs $needs, which did not pass"; return
@@ -208,6 +214,7 @@ part() {  # part NAME MIN_S MAX_S NEEDS COMMAND...: run COMMAND with a limit, lo
 DATA=$OUT/data/sample
 RUN=$OUT/run
 RESUMED=$OUT/resumed
+PORT=$((20000 + RANDOM % 20000))  # the launchers' rendezvous ports: PORT and PORT + 1
 TRAIN=("$PYTHON" -m deepspeed.launcher.runner --num_gpus 1 --master_addr 127.0.0.1)
 TRAIN_ARGS=(launch/train.py --config configs/tiny.yaml --set "data.path=$DATA"
             --set train.steps=50 --set train.save_every=25 --set train.keep_last=2
@@ -224,13 +231,13 @@ wait $PREPARE
 L=$(limit_for 130)
 part 02-throughput 45 "$L" 00-prepare "$PYTHON" bench/train_throughput.py --device cuda \
   --budget $((L - 25)) --data "$DATA" --out "$OUT/throughput"
-part 03-train 30 100 00-prepare "${TRAIN[@]}" --master_port 29511 "${TRAIN_ARGS[@]}" \
+part 03-train 30 100 00-prepare "${TRAIN[@]}" --master_port "$PORT" "${TRAIN_ARGS[@]}" \
   --set "train.out_dir=$RUN"
 part 04-train-check 3 30 03-train "$PYTHON" tools/gpu/check_run.py train "$RUN" --steps 50
 (
   part 05-resume 20 90 04-train-check bash -c \
     '"$1" tools/gpu/check_run.py rollback "$2" "$3" --step 25 && shift 3 && exec "$@"' \
-    _ "$PYTHON" "$RUN" "$RESUMED" "${TRAIN[@]}" --master_port 29512 "${TRAIN_ARGS[@]}" \
+    _ "$PYTHON" "$RUN" "$RESUMED" "${TRAIN[@]}" --master_port $((PORT + 1)) "${TRAIN_ARGS[@]}" \
     --set "train.out_dir=$RESUMED" --resume
   part 06-resume-check 3 30 05-resume "$PYTHON" tools/gpu/check_run.py resume "$RUN" \
     "$RESUMED" --step 25 --steps 50
@@ -264,3 +271,4 @@ FAILED=0
 } | tee -a "$SUMMARY"
 grep -q '^FAIL' "$STATE"/*.line && FAILED=1
 exit $FAILED
+}

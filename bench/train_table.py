@@ -6,7 +6,8 @@
 
 Variants: configs/gpt2-small (12 layers, d = 768, 12 heads, T = 1024, bf16): softmax
 (baseline.yaml), bilateral, twicing in the last 2 layers (twicing.yaml) and in all layers,
-and GRC. Sides, each eager and compiled (``model.compile()``; ``train.compile`` for the
+and GRC (``--set`` overrides apply on top of each preset; ``--config`` is the CPU mode's).
+Sides, each eager and compiled (``model.compile()``; ``train.compile`` for the
 trainer):
 
 - trainer: :class:`filtertron.train.trainer.Trainer` as a user runs it (DeepSpeed engine,

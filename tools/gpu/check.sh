@@ -29,7 +29,7 @@
 # skipped with a line saying so; the run ends at most ~15 s after the budget. Exit status: 0
 # if no part failed, 1 if one did, 2 for a usage or set-up error, 3 when no GPU is present.
 # CHECK_SLOWDOWN (default 1) multiplies every part's minimum and limit, for a slower machine
-# (the CPU test under a fake GPU uses 4, with a larger budget). Environment: PYTHON (default
+# (the CPU test under a fake GPU uses 8, with a larger budget). Environment: PYTHON (default
 # python3), FILTERTRON_WHEELS (default .whl/), SITE (install prefix, default a fresh temporary
 # folder), CHECK_BUDGET, CHECK_SLOWDOWN.
 #

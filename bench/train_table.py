@@ -74,9 +74,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides)
 }
 MODES = ("eager", "compiled")
 SIDES = ("trainer", "plain")
-# Most informative first: the three targets are all measured after the first four cases
-# (softmax both sides eager: the overhead; bilateral beside softmax; softmax compiled: MFU),
-# then the compiled overhead and bilateral, the other variants on the trainer, the rest.
+# Most informative first: after the first three cases the trainer's overhead (softmax, both
+# sides, eager) and bilateral beside softmax are known; the fourth gives MFU compiled. Then
+# the compiled overhead and bilateral, the other variants on the trainer, the rest.
 HEAD = [
     ("softmax", "plain", "eager"),
     ("softmax", "trainer", "eager"),
@@ -89,9 +89,21 @@ HEAD = [
     ("grc", "trainer", "eager"),
 ]
 PLAN = HEAD + [(v, s, m) for m in MODES for s in SIDES for v in VARIANTS if (v, s, m) not in HEAD]
-# Seconds a case takes before any has been measured (setup, compile, steps), per mode.
-PRIOR_COST = {"eager": 15.0, "compiled": 45.0}
+# A case's cost class: its mode, and whether its attention is plain softmax (SDPA, nothing to
+# compile when eager) or a kernel compiled per shape (flex, Triton). Seconds a case of each
+# class takes (setup, compilation, steps) until one has been measured; then the largest seen.
+SOFTMAX_ONLY = ("softmax", "grc")
+PRIOR_COST = {
+    ("eager", "softmax"): 15.0,
+    ("eager", "kernel"): 35.0,
+    ("compiled", "softmax"): 50.0,
+    ("compiled", "kernel"): 70.0,
+}
 TARGET_OVERHEAD, TARGET_MFU, TARGET_BILATERAL = 0.95, 0.40, 0.90
+
+
+def cost_class(variant: str, mode: str) -> tuple[str, str]:
+    return mode, "softmax" if variant in SOFTMAX_ONLY else "kernel"
 
 
 class OutOfTime(BaseException):
@@ -425,13 +437,14 @@ def run_table(args) -> int:
     )
     rows: list[dict] = []
     skipped: list[str] = []
-    cost: dict[str, float] = {}  # mode -> largest case time seen
+    cost: dict[tuple[str, str], float] = {}  # cost class -> largest case time seen
     cut, name = None, "the start"
     previous = signal.signal(signal.SIGTERM, _out_of_time)
     try:
         for variant, side, mode in plan:
             left = args.budget - (time.perf_counter() - STARTED)
-            need = cost.get(mode, PRIOR_COST[mode])
+            key = cost_class(variant, mode)
+            need = cost.get(key, PRIOR_COST[key])
             name = f"{variant} {side} {mode}"
             if need > left:
                 skipped.append(
@@ -441,7 +454,7 @@ def run_table(args) -> int:
                 continue
             row = run_case(variant, side, mode, args, device)
             rows.append(row)
-            cost[mode] = max(cost.get(mode, 0.0), row["seconds"])
+            cost[key] = max(cost.get(key, 0.0), row["seconds"])
             if "error" in row:
                 print(f"case {name}: ERROR {row['error']} ({row['seconds']:.0f}s)", flush=True)
             else:

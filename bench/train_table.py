@@ -7,7 +7,7 @@
 Variants: configs/gpt2-small (12 layers, d = 768, 12 heads, T = 1024, bf16): softmax
 (baseline.yaml), bilateral, twicing in the last 2 layers (twicing.yaml) and in all layers,
 and GRC (``--set`` overrides apply on top of each preset; ``--config`` is the CPU mode's).
-Sides, each eager and compiled (``model.compile()``; ``train.compile`` for the
+Sides, each eager and compiled (``model.compile(dynamic=False)``; ``train.compile`` for the
 trainer):
 
 - trainer: :class:`filtertron.train.trainer.Trainer` as a user runs it (DeepSpeed engine,
@@ -167,8 +167,8 @@ def plain_loop(cfg: RunConfig, device: torch.device) -> list[float]:
         fused=True,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t))
-    if t.compile:
-        model.compile()
+    if t.compile:  # static shapes, as train.compile does (parallelize.compile_model)
+        model.compile(dynamic=False)
     it = batch_iterator(train, t.micro_batch_size, pin_memory=device.type == "cuda")
     stamps = []
     for _ in range(t.steps):

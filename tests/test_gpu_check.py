@@ -93,8 +93,9 @@ def _fake_gpu_check(tmp_path, **env_extra) -> tuple[subprocess.CompletedProcess,
     for name in WHEELS:
         (wheels / name.replace("cp312", tag)).write_bytes(b"")  # pip is stubbed
     calls = tmp_path / "calls.txt"
+    dist = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in dist},  # an earlier test's group
         "FILTERTRON_WHEELS": str(wheels),
         "PYTHON": str(FAKE / "python"),
         "FAKE_GPU_PYTHON": sys.executable,

@@ -3,6 +3,7 @@ runs, minus CUDA itself), its budget skipping, and its target lines. Timings are
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -20,7 +21,10 @@ def _table(dataset, out, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "bench/train_throughput.py", "--table", "--device", "cpu",
            "--data", str(dataset), "--out", str(out), "--batch", "2", "--steps", "2",
            "--warmup", "1", "--budget", "3000", *TINY, *args]  # fmt: skip
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    # Not the rendezvous of an in-process trainer of an earlier test (its port is still bound).
+    dist = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in dist}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 def _results(out) -> dict:

@@ -1,5 +1,9 @@
 """Step time of the filtertron training loop against a plain PyTorch loop, same run.
 
+Two modes. ``--device cuda`` (or ``--table`` on a CPU, for a smoke run at a small shape):
+the GPT-2 small table of bench/train_table.py (variants x trainer / plain x eager / compiled,
+tokens/s and MFU, within ``--budget`` seconds; see that file). Otherwise, on the CPU:
+
 Both sides train the same model (configs/tiny.yaml unless --config), same batches, same AdamW
 param groups, clipping and schedule, in one process on this machine. The filtertron side is
 the whole loop (parallelize, DeepSpeed engine, non-finite guard, logging, TensorBoard,
@@ -20,6 +24,7 @@ trainer uses (filtertron.train.mfu: a measured matmul peak in the training dtype
 
     python bench/train_throughput.py [--config configs/tiny.yaml] [--steps 40] [--rounds 3]
         [--compile] [--precision fp32,bf16] [--set k=v ...]
+    python bench/train_throughput.py --device cuda [--budget 100] [--out DIR] [...]
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ import dataclasses
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from train_table import add_table_arguments, run_table
 
 from filtertron.config import load_config
 from filtertron.data import batch_iterator
@@ -153,12 +160,20 @@ def filtertron_loop(cfg) -> tuple[list[tuple[float, float]], Trainer]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "tiny.yaml"))
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--table", action="store_true", help="the table mode on this device")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (40; table mode 20)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of each side")
     p.add_argument("--precision", default="fp32", help="comma list of fp32, bf16")
     p.add_argument("--compile", action="store_true", help="also run compiled (both sides)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    add_table_arguments(p)
     args = p.parse_args()
+    if args.device == "cuda" or args.table:
+        args.steps = args.steps or 20
+        args.data = args.data or str(prepare_sample(ROOT / ".cache" / "bench-data" / "sample"))
+        sys.exit(run_table(args))
+    args.steps = args.steps or 40
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = prepare_sample(ROOT / ".cache" / "bench-data" / "sample")
     base = load_config(

@@ -26,6 +26,7 @@ Shapes: q, k (B, H, T, D), v (B, H, T, Dv); scale, coef, band (H,); key bias (B,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -246,12 +247,23 @@ def _join(parts: list, chunks, B: int, H: int):
     return out
 
 
+def _no_autocast() -> contextlib.ExitStack:
+    """Autocast off for every device type that has it on in this thread."""
+    stack = contextlib.ExitStack()
+    for device in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device):
+            stack.enter_context(torch.autocast(device, enabled=False))
+    return stack
+
+
 def _map(fn, args: list) -> list:
     """fn(*a) for a in args, in the thread pool if there are several."""
     inference = torch.is_inference_mode_enabled()  # thread-local: carry the caller's mode over
 
     def call(a):
-        with torch.inference_mode(inference), torch.no_grad():
+        # Autocast is thread-local too: pool threads run without it, so the caller's thread
+        # must as well (else a one-chunk call under bf16 autocast mixes dtypes in its matmuls).
+        with torch.inference_mode(inference), torch.no_grad(), _no_autocast():
             return fn(*a)
 
     if len(args) == 1:

@@ -120,3 +120,24 @@ def test_many_tiles_large_batch_and_block_sizes(case):
         grads = torch.autograd.grad(out, leaves, g)
         for name, a, b in zip(NAMES, [out, *grads], ref[:4], strict=False):
             assert (a - b).abs().max() <= 1e-10 * b.abs().max(), (block, name)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bf16_autocast_backward_on_one_or_more_threads(threads):
+    """Under CPU bf16 autocast the engine's own matmuls must not be autocast: with one thread
+    (one chunk, run in the caller's thread) they were, and mixed dtypes failed the backward."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        q, k, v = (t.float().requires_grad_() for t in tensors(T=97, D=16, B=2))
+        h_p = torch.tensor([2.0, 8.0, 64.0], requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attention(q, k, v, kind="bilateral", h_p=h_p, impl="tiled")
+        out.float().square().sum().backward()
+    finally:
+        torch.set_num_threads(before)
+    ref = attention(*(t.detach() for t in (q, k, v)), kind="bilateral", h_p=h_p.detach(),
+                    impl="reference")  # fmt: skip
+    assert out.dtype == torch.float32  # the custom op runs in its inputs' dtype
+    assert (out.detach() - ref).abs().max() <= 1e-5
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v, h_p))

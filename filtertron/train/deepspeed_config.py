@@ -12,10 +12,15 @@ from typing import Any
 from filtertron.config import RunConfig
 
 
-def generate(cfg: RunConfig, dp_size: int) -> dict[str, Any]:
-    """The DeepSpeed config implied by ``cfg`` for ``dp_size`` data-parallel ranks."""
+def generate(cfg: RunConfig, dp_size: int, device: str = "cpu") -> dict[str, Any]:
+    """The DeepSpeed config implied by ``cfg`` for ``dp_size`` data-parallel ranks whose
+    parameters live on ``device`` (a device type: "cpu", "cuda")."""
     t, p = cfg.train, cfg.parallel
     offload = p.offload_optimizer
+    # torch's AdamW (DeepSpeed passes unknown params through to it): on CPU it avoids
+    # compiling DeepSpeed's FusedAdam; on CUDA its fused kernel (one launch for all
+    # parameters, as a plain loop would use); with offload DeepSpeedCPUAdam instead.
+    adam = {} if offload else {"torch_adam": True, **({"fused": True} if device == "cuda" else {})}
     return {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.grad_accum,
@@ -28,8 +33,7 @@ def generate(cfg: RunConfig, dp_size: int) -> dict[str, Any]:
                 "betas": [t.beta1, t.beta2],
                 "eps": 1e-8,
                 "weight_decay": t.weight_decay,
-                # torch's AdamW on CPU avoids compiling FusedAdam; offload uses DeepSpeedCPUAdam.
-                **({} if offload else {"torch_adam": True}),
+                **adam,
             },
         },
         "scheduler": {
@@ -71,6 +75,8 @@ def merge(
     return out, overrides
 
 
-def build(cfg: RunConfig, dp_size: int) -> tuple[dict[str, Any], list[str]]:
+def build(
+    cfg: RunConfig, dp_size: int, device: str = "cpu"
+) -> tuple[dict[str, Any], list[str]]:
     """Generated config with the run config's ``deepspeed:`` section merged over it."""
-    return merge(generate(cfg, dp_size), cfg.deepspeed)
+    return merge(generate(cfg, dp_size, device), cfg.deepspeed)

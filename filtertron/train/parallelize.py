@@ -96,8 +96,10 @@ def parallelize(model: GPT, cfg: RunConfig, layout: ParallelLayout) -> Runner:
         An :class:`EngineRunner` (pp = 1) or a :class:`PipelineRunner` (pp > 1).
     """
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
 
-    ds_cfg, overrides = deepspeed_config.build(cfg, layout.dp_size)
+    device = get_accelerator().device_name()  # where the engine will put the model
+    ds_cfg, overrides = deepspeed_config.build(cfg, layout.dp_size, device)
     for o in overrides:
         log.warning("deepspeed config: %s", o)
     every = checkpoint_interval(cfg)

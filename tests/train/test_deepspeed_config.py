@@ -51,3 +51,14 @@ def test_offload_uses_deepspeed_cpu_adam():
     ds, _ = deepspeed_config.build(cfg, dp_size=1)
     assert ds["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
     assert "torch_adam" not in ds["optimizer"]["params"]
+
+
+def test_fused_torch_adamw_on_cuda_only():
+    cfg = load_config(None, [])
+    cpu, _ = deepspeed_config.build(cfg, dp_size=1)
+    cuda, _ = deepspeed_config.build(cfg, dp_size=1, device="cuda")
+    assert cpu["optimizer"]["params"]["torch_adam"] and "fused" not in cpu["optimizer"]["params"]
+    assert cuda["optimizer"]["params"]["torch_adam"] and cuda["optimizer"]["params"]["fused"]
+    cfg = load_config(None, ["parallel.offload_optimizer=true", "parallel.zero_stage=2"])
+    offload, _ = deepspeed_config.build(cfg, dp_size=1, device="cuda")
+    assert "fused" not in offload["optimizer"]["params"]

@@ -22,6 +22,13 @@ for var, sub in (
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Without a GPU the Triton kernels run in Triton's interpreter. TRITON_INTERPRET is read when
+# triton defines a kernel, including triton.language's own helpers at import, and
+# torch._dynamo imports triton (just below): so it is set here, first. On a CUDA machine it
+# is left alone: the kernels compile for the GPU (tests/kernels/test_gpu.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 torch._dynamo.config.fail_on_recompile_limit_hit = True
 
 

@@ -1,8 +1,10 @@
 """``filtertron sweep SWEEP.yaml [--out DIR] [--set section.key=value ...]
-[--plan local|script|slurm] [--dry-run] [--resume] [--collect] [--fit]``.
+[--plan local|inprocess|script|slurm] [--dry-run] [--resume] [--collect] [--fit]``.
 
 Expands the sweep file (:mod:`filtertron.scaling.sweep_config`) into runs, checks what DIR
-already holds, then: ``local`` trains the missing runs here one after another; ``script``
+already holds, then: ``local`` trains the missing runs here one after another, a trainer
+process each; ``inprocess`` trains them one after another inside this process (one process
+group, compiled graphs kept across runs: :mod:`filtertron.scaling.inprocess`); ``script``
 writes one shell script per run; ``slurm`` submits them as one job array through submitit.
 Finished runs are skipped; interrupted ones continue with ``--resume``. Every invocation
 ends by writing DIR/table.csv from the finished runs (``--collect`` does only that);
@@ -15,6 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from filtertron.config import ConfigError
+from filtertron.scaling import runner
 from filtertron.scaling import sweep as sw
 from filtertron.scaling.expand import expand
 from filtertron.scaling.sweep_config import load_sweep
@@ -31,7 +35,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECTION.KEY=VALUE",
         help="run-config override for every run (repeatable), e.g. data.path=data/perl",
     )
-    p.add_argument("--plan", choices=("local", "script", "slurm"), default="local")
+    p.add_argument(
+        "--plan",
+        choices=("local", "inprocess", "script", "slurm"),
+        default="local",
+        help="local: a trainer process per run; inprocess: every run in this process (one "
+        "process group, compiled graphs kept); script: a shell script per run; slurm: a job "
+        "array",
+    )
     p.add_argument("--dry-run", action="store_true", help="show the runs; change nothing")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs")
     p.add_argument("--collect", action="store_true", help="only write table.csv")
@@ -65,6 +76,11 @@ def _plan_lines(runs, statuses) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     sweep, sweep_dir = load_sweep(args.sweep)
     out = Path(args.out or f"runs/sweeps/{sweep.name}")
+    if args.plan == "inprocess" and sweep.nproc != 1:
+        raise ConfigError(
+            f"nproc={sweep.nproc}: --plan inprocess trains every run in this one process "
+            "(world size 1); use --plan local for runs of several processes"
+        )
     runs = expand(sweep, sweep_dir, out, args.overrides)
     params = sw.slurm_parameters(sweep.slurm, sweep.name, len(runs))
     if args.dry_run:
@@ -79,10 +95,21 @@ def run(args: argparse.Namespace) -> int:
         state = sw.State(out, sweep.name)
         failures: list[str] = []
         if not args.collect:
-            todo = sw.to_do(runs, statuses)
+            try:
+                todo = sw.to_do(runs, statuses)
+            except runner.MetricsError as e:  # a trained run's metrics are corrupt
+                print(f"filtertron sweep: {e}", file=sys.stderr)
+                return 2
             print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to do")
             if args.plan == "local" and todo:
                 failures = sw.run_local(todo, state, args.resume)
+            elif args.plan == "inprocess" and todo:
+                from filtertron.scaling.inprocess import InProcess
+
+                with InProcess(out) as here:
+                    failures = sw.run_local(
+                        todo, state, args.resume, execute=here.execute, console=here.console
+                    )
             elif args.plan == "script" and todo:
                 paths = sw.write_scripts(todo, out)
                 print(f"wrote {len(paths) - 1} scripts; run them all with {paths[-1]}")

@@ -15,6 +15,7 @@ Prints the median of each per plan and the ratio local / inprocess. The in-proce
 first run also pays for what later runs reuse (imports, the process group): it is shown apart.
 
     python bench/sweep_overhead.py [--runs 4] [--steps 5] [--rounds 2] [--set k=v ...]
+    python bench/sweep_overhead.py --summarize OUT   # the same medians for a finished sweep
 """
 
 from __future__ import annotations
@@ -94,13 +95,34 @@ def one(plan: str, sweep: Path, data: Path, out: Path, extra: list[str]) -> list
     return [timings(r) for r in runs]
 
 
+def summarize(out: Path) -> None:
+    """Per-run start / train / end of a sweep that ran (e.g. tools/gpu/sweep.sh's)."""
+    rows = []
+    for run in (out / "runs").iterdir():
+        if (run / "result.json").is_file():
+            first = json.loads((run / "attempts.jsonl").read_text().splitlines()[0])
+            rows.append((first["time"], run.name, first.get("plan", "local"), timings(run)))
+    rows = [r[1:] for r in sorted(rows)]  # in the order they ran
+    print(f"{'run':34s} {'plan':9s} {'start':>7s} {'train':>7s} {'end':>7s}")
+    for name, plan, t in rows:
+        print(f"{name:34s} {plan:9s} {t['start']:7.2f} {t['train']:7.2f} {t['end']:7.2f}")
+    if rows:
+        m = {k: statistics.median(t[k] for _, _, t in rows[1:] or rows) for k in ("start", "end")}
+        print(f"{len(rows)} runs; median after the first: start {m['start']:.2f} s, end "
+              f"{m['end']:.2f} s; first run start {rows[0][2]['start']:.2f} s")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--summarize", type=Path, default=None, metavar="OUT")
     p.add_argument("--runs", type=int, default=4, help="runs per plan and round")
     p.add_argument("--steps", type=int, default=5, help="steps per run")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     args = p.parse_args()
+    if args.summarize is not None:
+        summarize(args.summarize)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     data = prepare(tmp)
     sweep = sweep_file(tmp / "s.yaml", args.runs, args.steps)

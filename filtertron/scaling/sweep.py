@@ -9,6 +9,8 @@ Everything lives under one directory OUT::
     OUT/scripts/       plan "script": <id>.sh per run and all.sh
     OUT/slurm/         plan "slurm": submitit's job files and logs
     OUT/table.csv      finished runs: variant,n_params,tokens,loss,flops,seed,... for ``fit``
+    OUT/fit/           ``--fit``: fits, multipliers, plots and a copy of table.csv
+    OUT/NAME-results.tar.gz  ``--archive``: table, fit/ and every run's results and logs
 
 A run is ``finished`` (result.json), ``complete`` (trained, result not yet collected),
 ``interrupted`` (a committed checkpoint before the last step), ``started`` (a directory
@@ -285,3 +287,25 @@ def write_table(runs: list[Run], out: Path) -> tuple[Path, int]:
         w.writerows(rows)
     tmp.replace(path)
     return path, len(rows)
+
+
+RUN_FILES = ("run.json", "result.json", "metrics.jsonl", "attempts.jsonl", "train.log")
+
+
+def archive(runs: list[Run], out: Path, name: str) -> Path:
+    """OUT/<name>-results.tar.gz: table.csv, sweep.json, fit/ (if fitted) and each run's
+    run.json, result.json, metrics.jsonl, attempts.jsonl and train.log (no checkpoints)."""
+    import tarfile
+
+    path = out / f"{name}-results.tar.gz"
+    tmp = path.with_suffix(".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for f in ("table.csv", "sweep.json", "fit"):
+            if (out / f).exists():
+                tar.add(out / f, arcname=f"{name}/{f}")
+        for r in runs:
+            for f in RUN_FILES:
+                if (r.dir / f).is_file():
+                    tar.add(r.dir / f, arcname=f"{name}/runs/{r.id}/{f}")
+    tmp.replace(path)
+    return path

@@ -14,6 +14,7 @@ ends by writing DIR/table.csv from the finished runs (``--collect`` does only th
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,23 +55,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="submitit executor for --plan slurm (local/debug run the jobs on this machine)",
     )
     p.add_argument("--wait", action="store_true", help="--plan slurm: wait for the jobs")
+    p.add_argument(
+        "--device-profile",
+        default=None,
+        help="device whose throughput model --dry-run's time estimate uses (h200, cpu; "
+        "default: the sweep's device_profile, else cpu)",
+    )
+    p.add_argument("--n-boot", type=int, default=200, help="--fit: bootstrap draws")
+    p.add_argument(
+        "--archive",
+        action="store_true",
+        help="at the end, pack DIR/fit (table, fits, multipliers, plots) and every run's "
+        "results and logs into DIR/NAME-results.tar.gz",
+    )
 
 
-def _plan_lines(runs, statuses) -> list[str]:
+def _plan_lines(runs, statuses, device, plan: str) -> list[str]:
+    from filtertron.scaling.estimate import describe, estimate
+
+    per, total_s = estimate(runs, device, plan)
     lines = [
         f"{'run':34s} {'status':12s} {'N':>9s} {'tokens':>10s} {'steps':>6s} "
-        f"{'FLOPs':>9s} {'lr':>8s} {'warmup':>6s}"
+        f"{'FLOPs':>9s} {'lr':>8s} {'warmup':>6s} {'step ms':>7s} {'est s':>6s}"
     ]
-    for r in runs:
+    for r, e in zip(runs, per):
         st, step = statuses[r.id]
         st = f"{st} {step}" if st == "interrupted" else st
         lines.append(
             f"{r.id:34s} {st:12s} {r.params.non_embedding:9d} {r.tokens:10d} {r.steps:6d} "
-            f"{r.total_flops:9.3g} {r.config.train.lr:8.2e} {r.config.train.warmup:6d}"
+            f"{r.total_flops:9.3g} {r.config.train.lr:8.2e} {r.config.train.warmup:6d} "
+            f"{1e3 * e.step_s:7.1f} {e.total_s:6.1f}"
         )
     total = sum(r.total_flops for r in runs)
+    train_s = sum(e.train_s for e in per)
     lines.append(f"{len(runs)} runs, {total:.3g} training FLOPs in all")
-    return lines
+    lines.append(
+        f"estimated {total_s:.0f} s ({total_s / 60:.1f} min) with --plan {plan} on "
+        f"{device.name}: {train_s:.0f} s training steps, {total_s - train_s:.0f} s "
+        "start-up, validation, checkpoints and fit"
+    )
+    return lines + describe(device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,8 +108,11 @@ def run(args: argparse.Namespace) -> int:
     runs = expand(sweep, sweep_dir, out, args.overrides)
     params = sw.slurm_parameters(sweep.slurm, sweep.name, len(runs))
     if args.dry_run:
+        from filtertron.scaling.estimate import profile
+
+        device = profile(args.device_profile or sweep.device_profile or "cpu")
         statuses = {r.id: sw.status(r) for r in runs}
-        print("\n".join(_plan_lines(runs, statuses)))
+        print("\n".join(_plan_lines(runs, statuses, device, args.plan)))
         if args.plan == "slurm":
             todo = [r for r in runs if statuses[r.id][0] != "finished"]
             print(sw.slurm_preview(todo, params))
@@ -132,13 +159,18 @@ def run(args: argparse.Namespace) -> int:
             from filtertron.scaling.table import TableError, read_table
 
             try:
-                files = write_all(analyze(read_table(table), sweep.baseline), out / "fit")
+                analysis = analyze(read_table(table), sweep.baseline, n_boot=args.n_boot)
+                files = write_all(analysis, out / "fit")
             except TableError as e:  # e.g. a variant with too few finished runs yet
                 print(f"not fitted: {e}", file=sys.stderr)
             else:
+                shutil.copyfile(table, out / "fit" / "table.csv")
                 print(f"fitted: {', '.join(str(f) for f in files)}")
+                print((out / "fit" / "results.md").read_text().split("\n## The runs")[0])
         elif n:
             print(
                 f"fit with: filtertron fit {table} --out {out / 'fit'} --baseline {sweep.baseline}"
             )
+        if args.archive:
+            print(f"wrote {sw.archive(runs, out, sweep.name)}")
     return 1 if failures else 0

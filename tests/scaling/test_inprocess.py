@@ -7,12 +7,14 @@ runs of another variant and another shape, so state one run leaves to the next w
 
 import json
 
+import pytest
+
 from filtertron.cli import main
 from filtertron.scaling import runner
 from filtertron.scaling.expand import expand
 from filtertron.scaling.sweep_config import load_sweep
 
-from .conftest import ROOT, TINY_MODEL, write_sweep
+from .conftest import ROOT, TINY_MODEL, TINY_OVERRIDES, write_sweep
 
 
 def _rows(run_dir):
@@ -94,3 +96,32 @@ def test_inprocess_failure_is_recorded_and_the_sweep_goes_on(tmp_path, dataset, 
     assert f"see {first}/train.log" in state[first.name]["error"]
     assert main([*args, "--plan", "inprocess"]) == 0
     assert (first / "result.json").is_file() and len(calls) == 3
+
+
+@pytest.mark.slow
+def test_inprocess_runs_of_one_shape_reuse_the_compiled_graphs(tmp_path, dataset):
+    # train.compile on, an empty Inductor cache: the first run compiles its forward and
+    # backward (cache misses); two more runs of the same shape compile nothing (dynamo traces
+    # the new model instance again, Inductor finds the graphs it compiled), and a run of
+    # another shape does compile (the counter can see a compile).
+    from torch._dynamo.utils import counters
+
+    compiled = {**TINY_OVERRIDES, "train": {**TINY_OVERRIDES["train"], "compile": True}}
+    misses = []
+
+    def sweep(name, sizes, seeds):
+        path = write_sweep(tmp_path / f"{name}.yaml", sizes=sizes, seeds=seeds, overrides=compiled)
+        out = tmp_path / name
+        args = ["sweep", str(path), "--out", str(out), "--set", f"data.path={dataset}"]
+        assert main([*args, "--plan", "inprocess"]) == 0
+        misses.append(counters["inductor"]["fxgraph_cache_miss"])
+
+    counters.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # empty: misses compile
+        sweep("one", {"a": dict(TINY_MODEL)}, [0])
+        sweep("two", {"a": dict(TINY_MODEL)}, [1, 2])
+        sweep("other", {"b": {**TINY_MODEL, "d_model": 48}}, [0])
+    assert misses[0] > 0
+    assert misses[1] == misses[0]  # two more runs of shape a: nothing compiled
+    assert misses[2] > misses[1]

@@ -46,6 +46,7 @@ bench: install
 	$(VPY) bench/attention.py
 	$(VPY) bench/prepare.py
 	$(VPY) bench/train_throughput.py
+	$(VPY) bench/sweep_overhead.py
 
 clean:
 	rm -rf $(VENV) $(CACHE) runs

@@ -7,11 +7,15 @@ and fit it::
     analysis = analyze(read_table("table.csv"), baseline="baseline")
     write_all(analysis, "fit/")
 
-Modules: ``law`` (L(N, D) = E + A/N^alpha + B/D^beta, Huber fit on log L, bootstrap),
-``compute`` (frontier L*(C), multipliers, isoFLOP profiles), ``table``, ``analysis``,
-``report`` and ``plots`` (fits.json, results.csv/.md, PNGs), ``fit_cli`` (``filtertron
-fit``); the sweep itself: ``sweep_config``, ``sweep``, ``runner``, ``sweep_cli``
-(``filtertron sweep``).
+Modules: ``table`` (the runs table), ``cells`` (each run's (budget, size, seed) cell and
+the paired bootstrap draws of the design), ``paired`` (variant minus baseline per cell),
+``isoflop`` (approach 2: isoFLOP parabolas, optima, power laws, multipliers), ``law`` and
+``compute`` (approach 3: L(N, D) = E + A/N^alpha + B/D^beta, Huber fit on log L, frontier
+L*(C), multipliers), ``analysis`` (all of it per variant), ``claims`` (what the data can
+carry, and on what), ``report``, ``markdown`` and ``plots`` (fits.json, results.csv/.md,
+PNGs), ``fit_cli`` (``filtertron fit``); the sweep itself: ``sweep_config``, ``expand``,
+``sweep``, ``runner`` (plan local), ``inprocess`` (plan inprocess), ``estimate`` (time per
+device), ``sweep_cli`` (``filtertron sweep``).
 """
 
 from filtertron.scaling.analysis import Analysis, analyze

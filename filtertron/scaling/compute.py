@@ -15,14 +15,13 @@ multiplier at budget C is
     m(C) = C_base(L*_variant(C)) / C
 
 m > 1: the baseline needs m times the compute for the variant's loss (the variant is
-better); m = inf when the variant's loss is below the baseline's irreducible E.
-
-IsoFLOP profiles (Chinchilla approach 2): runs with the same C within a tolerance, at three
-or more sizes; a parabola in log N through their losses gives N_opt(C) at its vertex.
+better); m = inf when the variant's loss is below the baseline's irreducible E. (Approach 2,
+the same multiplier from isoFLOP optima without the law: :mod:`filtertron.scaling.isoflop`.)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,71 +111,12 @@ def multiplier(variant: Frontier, baseline: Frontier, c: np.ndarray | float) -> 
 
 
 def verdict(lo: float, hi: float) -> str:
-    """Plain reading of a multiplier interval: better, worse or not distinguishable."""
+    """Plain reading of a multiplier interval: better, worse, not distinguishable, or no
+    estimate (an interval that could not be formed)."""
+    if math.isnan(lo) or math.isnan(hi):
+        return "no estimate"
     if lo > 1.0:
         return "better"
     if hi < 1.0:
         return "worse"
     return "not distinguishable"
-
-
-@dataclass(frozen=True)
-class IsoFlopProfile:
-    """Runs at one compute budget, and the parabola in log N through their losses."""
-
-    flops: float  # geometric mean of the runs' C
-    n_params: list[float]
-    loss: list[float]
-    n_opt: float | None  # parabola vertex; None when the parabola opens downwards
-    loss_opt: float | None
-
-
-def isoflop_profiles(
-    n: np.ndarray, flops: np.ndarray, loss: np.ndarray, rtol: float = 0.05, min_sizes: int = 3
-) -> list[IsoFlopProfile]:
-    """Group runs whose compute agrees within ``rtol`` and that span ``min_sizes`` sizes.
-
-    Runs are sorted by C and cut wherever two neighbours differ by more than ``rtol``; a
-    group is a profile when it holds at least ``min_sizes`` distinct N. Repeated N (seeds)
-    enter the parabola fit as separate points.
-
-    Args:
-        n, flops, loss: per run.
-        rtol: relative compute tolerance within a group.
-        min_sizes: distinct sizes a profile needs.
-
-    Returns:
-        Profiles ordered by compute.
-    """
-    n, flops, loss = (np.asarray(x, float) for x in (n, flops, loss))
-    order = np.argsort(flops)
-    groups, cur = [], [order[0]] if len(order) else []
-    for i, j in zip(order[:-1], order[1:]):
-        if flops[j] > flops[i] * (1 + rtol):
-            groups.append(cur)
-            cur = []
-        cur.append(j)
-    if cur:
-        groups.append(cur)
-    out = []
-    for g in groups:
-        g = np.array(g)
-        if len(np.unique(n[g])) < min_sizes:
-            continue
-        x = np.log(n[g])
-        a2, a1, a0 = np.polyfit(x, loss[g], 2)
-        n_opt = loss_opt = None
-        if a2 > 0:
-            xv = -a1 / (2 * a2)
-            n_opt, loss_opt = float(np.exp(xv)), float(a0 + a1 * xv + a2 * xv * xv)
-        k = np.argsort(n[g])
-        out.append(
-            IsoFlopProfile(
-                flops=float(np.exp(np.mean(np.log(flops[g])))),
-                n_params=[float(v) for v in n[g][k]],
-                loss=[float(v) for v in loss[g][k]],
-                n_opt=n_opt,
-                loss_opt=loss_opt,
-            )
-        )
-    return out

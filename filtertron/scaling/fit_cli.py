@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from filtertron.scaling.analysis import analyze
-    from filtertron.scaling.report import results_md, write_all
+    from filtertron.scaling.markdown import results_md
+    from filtertron.scaling.report import write_all
     from filtertron.scaling.table import TableError, read_table
 
     if args.n_boot < 10:

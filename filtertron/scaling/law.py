@@ -203,6 +203,7 @@ def bootstrap(
     delta: float = DELTA,
     n_starts: int = 2,
     starts: np.ndarray | None = None,
+    draws: list[np.ndarray] | None = None,
 ) -> tuple[Fit, list[ScalingLaw]]:
     """The full-data fit and ``n_boot`` refits on rows resampled with replacement.
 
@@ -211,24 +212,38 @@ def bootstrap(
 
     Args:
         n, d, loss: as for :func:`fit_law`.
-        n_boot: number of resamples.
+        n_boot: number of resamples (ignored with ``draws``).
         seed: numpy seed of the resampling.
         delta: Huber threshold.
         n_starts: starts per refit.
         starts: initial values of the full-data fit (default :func:`grid_starts`).
+        draws: row indices of each resample, given (e.g. the paired draws of
+            :func:`filtertron.scaling.cells.draw`); default: rows uniformly with replacement.
 
     Returns:
         (full-data fit, list of bootstrap laws).
     """
     n, d, loss = (np.asarray(x, float).ravel() for x in (n, d, loss))
-    rng = np.random.default_rng(seed)
+    if draws is None:
+        rng = np.random.default_rng(seed)
+        draws = [rng.integers(0, len(n), len(n)) for _ in range(n_boot)]
     laws = []
     with threadpool_limits(1, user_api="blas"):
         best = _fit_law(n, d, loss, delta, starts)
-        for _ in range(n_boot):
-            idx = rng.integers(0, len(n), len(n))
+        for idx in draws:
             laws.append(_fit_law(n[idx], d[idx], loss[idx], delta, best.minima[:n_starts]).law)
     return best, laws
+
+
+def at_edge(law: ScalingLaw, tol: float = 1e-3) -> list[str]:
+    """The parameters of a fitted law that sit on the fit's box (:data:`BOUNDS`): there the
+    data did not determine them (e.g. E at e^-10 when the runs cannot separate it)."""
+    names = ("A", "B", "E", "alpha", "beta")  # the order of theta and BOUNDS
+    return [
+        name
+        for name, t, (lo, hi) in zip(names, law.theta(), BOUNDS)
+        if t <= lo + tol or t >= hi - tol
+    ]
 
 
 def intervals(laws: list[ScalingLaw], level: float) -> dict[str, tuple[float, float]]:

@@ -7,11 +7,13 @@
                   attempts.jsonl  a start and an end line per training process
                   result.json  run.json plus the final losses and wall time; written last
 
-Training goes through the CLI in a subprocess (the one coupling to the trainer): the final
+Training goes through the CLI in a subprocess (plan "local"; plan "inprocess" trains in the
+sweep's own process, :mod:`filtertron.scaling.inprocess`, with the same files): the final
 validation loss is the last ``val_loss`` in metrics.jsonl at the last step, and a run is
-complete when its newest committed checkpoint is at that step. ``python -m
-filtertron.scaling.runner RUN_DIR [--resume]`` runs one prepared run (the script and slurm
-plans call this).
+complete when its newest committed checkpoint is at that step. Only a cut-off last line of
+metrics.jsonl is skipped; any other unreadable line is an error naming the file and line.
+``python -m filtertron.scaling.runner RUN_DIR [--resume]`` runs one prepared run (the script
+and slurm plans call this).
 """
 
 from __future__ import annotations
@@ -80,17 +82,60 @@ def last_step(run_dir: Path) -> int:
     return 0 if info is None else info.step
 
 
+class MetricsError(RunFailed):
+    """A run's metrics.jsonl holds a line that is not a JSON object, other than a cut-off
+    last line; names the file and the line."""
+
+
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl.
+
+    The trainer writes one JSON object and a newline per line, so the one unreadable line a
+    healthy file can hold is its last, cut off by a kill mid-write (no newline after it); that
+    line is skipped. Any other line that is not a JSON object is corruption and raises.
+
+    Raises:
+        MetricsError: a line other than a cut-off last one is not a JSON object.
+    """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")  # a complete file ends in "\n": its last item is ""
     out = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
+        last = number == len(lines)
+        if last and not line:
+            break
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut off by a kill
-            continue
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            row, why = None, f"not valid JSON ({e.msg} at column {e.colno})"
+        else:
+            why = f"a JSON {type(row).__name__}, not an object"
+        if isinstance(row, dict):
+            out.append(row)
+        elif not last:  # a cut-off line can only be the last (the file ends without "\n")
+            raise MetricsError(
+                f"{path}, line {number}: {why}; only a cut-off last line is skipped. The run's "
+                "metrics are corrupt: remove the run directory to retrain it"
+            )
     return out
+
+
+def drop_cut_off_line(run_dir: Path) -> int:
+    """Remove a cut-off last line from metrics.jsonl (a trainer killed mid-write), so a
+    resumed trainer does not append to it; returns the bytes removed."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with path.open("r+b") as f:
+        f.truncate(keep)
+    return len(data) - keep
 
 
 def collect(run_dir: Path) -> dict[str, Any] | None:
@@ -124,7 +169,8 @@ def collect(run_dir: Path) -> dict[str, Any] | None:
     return result
 
 
-def _event(run_dir: Path, **fields: Any) -> None:
+def event(run_dir: Path, **fields: Any) -> None:
+    """Append a line (with the time) to the run's attempts.jsonl."""
     with (run_dir / "attempts.jsonl").open("a") as f:
         f.write(json.dumps({"time": time.time(), **fields}) + "\n")
 
@@ -176,12 +222,9 @@ def execute(
         return done
     if (done := collect(run_dir)) is not None:
         return done
-    if last_step(run_dir) == 0:
-        # Nothing to resume: start clean, without a half-written metrics file.
-        for name in ("metrics.jsonl", "config.yaml"):
-            (run_dir / name).unlink(missing_ok=True)
-    cmd = train_command(run_dir, resume and last_step(run_dir) > 0)
-    _event(run_dir, event="start", cmd=cmd)
+    resume = begin(run_dir, resume)
+    cmd = train_command(run_dir, resume)
+    event(run_dir, event="start", cmd=cmd)
     with (run_dir / "train.log").open("a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
@@ -206,11 +249,36 @@ def execute(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            _event(run_dir, event="end", returncode=proc.returncode)
+            event(run_dir, event="end", returncode=proc.returncode)
     if proc.returncode != 0:
         raise RunFailed(
             f"run {run_dir.name}: training exited with {proc.returncode}; see {run_dir}/train.log"
         )
+    return finish(run_dir)
+
+
+def begin(run_dir: Path, resume: bool) -> bool:
+    """Ready a prepared run for a trainer; returns whether the trainer resumes.
+
+    Without a committed checkpoint the run starts clean (no half-written metrics.jsonl or
+    config.yaml); with one, a cut-off last metrics line is dropped before the trainer appends.
+    """
+    if last_step(run_dir) == 0:
+        for name in ("metrics.jsonl", "config.yaml"):
+            (run_dir / name).unlink(missing_ok=True)
+        return False
+    if cut := drop_cut_off_line(run_dir):
+        with (run_dir / "train.log").open("a") as log:
+            log.write(f"\nmetrics.jsonl: dropped a cut-off last line ({cut} bytes)\n")
+    return resume
+
+
+def finish(run_dir: Path) -> dict[str, Any]:
+    """The result of a run whose trainer ended well (see :func:`collect`).
+
+    Raises:
+        RunFailed: the run has no final checkpoint and validation loss.
+    """
     done = collect(run_dir)
     if done is None:
         raise RunFailed(f"run {run_dir.name}: training ended without a final checkpoint and loss")

@@ -1,13 +1,16 @@
-"""Running a sweep: run status from disk, the state file, the three plans, the runs table.
+"""Running a sweep: run status from disk, the state file, the four plans, the runs table.
 
 Everything lives under one directory OUT::
 
     OUT/sweep.json     state: every run's status, config hash, job id, error (rewritten
                        atomically after every change; the run directories are the truth)
     OUT/runs/<id>/     one run (see :mod:`filtertron.scaling.runner`)
+    OUT/inprocess.log  plan "inprocess": the process group's set-up output
     OUT/scripts/       plan "script": <id>.sh per run and all.sh
     OUT/slurm/         plan "slurm": submitit's job files and logs
     OUT/table.csv      finished runs: variant,n_params,tokens,loss,flops,seed,... for ``fit``
+    OUT/fit/           ``--fit``: fits, multipliers, plots and a copy of table.csv
+    OUT/NAME-results.tar.gz  ``--archive``: table, fit/ and every run's results and logs
 
 A run is ``finished`` (result.json), ``complete`` (trained, result not yet collected),
 ``interrupted`` (a committed checkpoint before the last step), ``started`` (a directory
@@ -25,8 +28,9 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -144,15 +148,33 @@ def to_do(runs: list[Run], statuses: dict[str, tuple[str, int]]) -> list[Run]:
     return todo
 
 
-def run_local(runs: list[Run], state: State, resume: bool) -> list[str]:
+def run_local(
+    runs: list[Run],
+    state: State,
+    resume: bool,
+    execute: Callable[..., dict[str, Any]] = runner.execute,
+    console: TextIO | None = None,
+) -> list[str]:
     """Train ``runs`` one after another here, with one progress bar (in FLOPs) and ETA
-    across them; returns the failed runs' errors."""
+    across them; returns the failed runs' errors.
+
+    Args:
+        runs: prepared runs, in order.
+        state: the sweep's state file.
+        resume: continue runs from their checkpoints.
+        execute: trains one run: ``execute(run_dir, resume, progress)`` (plan "local":
+            :func:`filtertron.scaling.runner.execute`; plan "inprocess":
+            :meth:`filtertron.scaling.inprocess.InProcess.execute`).
+        console: where the bar draws (default stderr).
+    """
     from tqdm import tqdm
 
     remaining = {r.id: (r.steps - runner.last_step(r.dir)) for r in runs}
     total = sum(remaining[r.id] * r.tokens_per_step * r.flops.total for r in runs)
     failures = []
-    bar = tqdm(total=total, unit="FLOP", unit_scale=True, desc="sweep", dynamic_ncols=True)
+    bar = tqdm(
+        total=total, unit="FLOP", unit_scale=True, desc="sweep", dynamic_ncols=True, file=console
+    )
     with bar:
         for i, r in enumerate(runs):
             per_step = r.tokens_per_step * r.flops.total
@@ -171,7 +193,7 @@ def run_local(runs: list[Run], state: State, resume: bool) -> list[str]:
             state.update(r, status="running", started=time.time())
             progress(start)
             try:
-                res = runner.execute(r.dir, resume=resume, progress=progress)
+                res = execute(r.dir, resume=resume, progress=progress)
             except runner.RunFailed as e:
                 state.update(r, status="failed", error=str(e))
                 failures.append(str(e))
@@ -179,7 +201,7 @@ def run_local(runs: list[Run], state: State, resume: bool) -> list[str]:
                 continue
             progress(r.steps)
             state.update(r, status="finished", loss=res["loss"], error=None)
-            bar.write(f"finished {r.id}: loss {res['loss']:.4f} ({res['wall_s']:.0f} s)")
+            bar.write(f"finished {r.id}: loss {res['loss']:.4f} ({res['wall_s']:.1f} s)")
     return failures
 
 
@@ -265,3 +287,25 @@ def write_table(runs: list[Run], out: Path) -> tuple[Path, int]:
         w.writerows(rows)
     tmp.replace(path)
     return path, len(rows)
+
+
+RUN_FILES = ("run.json", "result.json", "metrics.jsonl", "attempts.jsonl", "train.log")
+
+
+def archive(runs: list[Run], out: Path, name: str) -> Path:
+    """OUT/<name>-results.tar.gz: table.csv, sweep.json, fit/ (if fitted) and each run's
+    run.json, result.json, metrics.jsonl, attempts.jsonl and train.log (no checkpoints)."""
+    import tarfile
+
+    path = out / f"{name}-results.tar.gz"
+    tmp = path.with_suffix(".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for f in ("table.csv", "sweep.json", "fit"):
+            if (out / f).exists():
+                tar.add(out / f, arcname=f"{name}/{f}")
+        for r in runs:
+            for f in RUN_FILES:
+                if (r.dir / f).is_file():
+                    tar.add(r.dir / f, arcname=f"{name}/runs/{r.id}/{f}")
+    tmp.replace(path)
+    return path

@@ -15,6 +15,7 @@
     nproc: 1                        # processes per run (filtertron train --nproc)
     overrides: {eval: {batches: 16}}   # run-config overrides for every run
     slurm: {timeout_min: 60, slurm_partition: gpu}   # submitit AutoExecutor parameters
+    device_profile: h200            # time estimate of --dry-run (filtertron.scaling.estimate)
 
 A variant file is read whole (its ``base:`` chain resolved) and laid over the sweep's base.
 Each run's config is base <- variant <- ``overrides`` <- ``--set`` <- size, and then the keys
@@ -132,6 +133,7 @@ class SweepConfig:
     nproc: int = 1
     overrides: dict[str, Any] = field(default_factory=dict)
     slurm: dict[str, Any] = field(default_factory=dict)
+    device_profile: str | None = None  # None: "cpu"
 
     def __post_init__(self) -> None:
         _name("name", self.name)

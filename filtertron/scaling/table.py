@@ -1,8 +1,12 @@
 """The runs table: one row per training run, read from CSV and checked once.
 
-Columns ``variant,n_params,tokens,loss`` are required; ``flops`` (training FLOPs of the run)
-and ``seed`` are optional; other columns are kept as text and ignored by the fits. Without
-``flops`` a run's compute is taken as C = 6 N D (Chinchilla's convention).
+Columns ``variant,n_params,tokens,loss`` are required; ``flops`` (training FLOPs of the run),
+``seed``, ``size`` (a size label shared by the variants' runs of one model shape) and
+``budget`` (the budget the run was planned at; with ``budget_kind`` flops, or without that
+column, the runs of one budget form an isoFLOP profile) are optional; other columns are
+ignored. Without ``flops`` a run's compute is taken as C = 6 N D (Chinchilla's convention).
+``size``, ``budget`` and ``seed`` say which runs of two variants are a pair
+(:mod:`filtertron.scaling.cells`); a sweep's table.csv has all three.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 REQUIRED = ("variant", "n_params", "tokens", "loss")
-OPTIONAL = ("flops", "seed")
+OPTIONAL = ("flops", "seed", "size", "budget")
 MIN_RUNS = 5  # the law has five parameters
 
 
@@ -33,6 +37,18 @@ class Runs:
     loss: np.ndarray
     flops: np.ndarray
     flops_given: bool  # False: flops = 6 N D
+    size: np.ndarray | None = None  # size labels (str), if the table has them
+    budget: np.ndarray | None = None  # planned budget per run, if the table has it
+    seed: np.ndarray | None = None  # training seed per run (int), if the table has it
+    budget_is_flops: bool = True  # the budget column is compute (False: tokens, tokens/N)
+
+    def take(self, index: np.ndarray) -> Runs:
+        """The runs at ``index`` (repeats allowed), as a new :class:`Runs`."""
+        pick = [None if x is None else x[index] for x in (self.size, self.budget, self.seed)]
+        return Runs(
+            self.variant, self.n_params[index], self.tokens[index], self.loss[index],
+            self.flops[index], self.flops_given, *pick, self.budget_is_flops,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -63,7 +79,10 @@ def read_table(path: str | Path) -> dict[str, Runs]:
                 f"{','.join(header) or 'no header'}"
             )
         has_flops = "flops" in header
+        extra = [c for c in ("size", "budget", "seed") if c in header]
         rows: dict[str, list[tuple[float, ...]]] = {}
+        labels: dict[str, list[tuple]] = {}
+        kinds: set[str] = set()
         for line, row in enumerate(reader, start=2):
             name = (row["variant"] or "").strip()
             if not name:
@@ -83,6 +102,8 @@ def read_table(path: str | Path) -> dict[str, Runs]:
                     )
                 values.append(v)
             rows.setdefault(name, []).append(tuple(values))
+            labels.setdefault(name, []).append(tuple(_label(path, line, c, row[c]) for c in extra))
+            kinds.add((row.get("budget_kind") or "flops").strip())
     if not rows:
         raise TableError(f"{path}: no rows")
     out = {}
@@ -94,5 +115,29 @@ def read_table(path: str | Path) -> dict[str, Runs]:
             )
         a = np.array(vals, float)
         flops = a[:, 3] if has_flops else 6.0 * a[:, 0] * a[:, 1]
-        out[name] = Runs(name, a[:, 0], a[:, 1], a[:, 2], flops, has_flops)
+        cols = {c: [t[i] for t in labels[name]] for i, c in enumerate(extra)}
+        out[name] = Runs(
+            name, a[:, 0], a[:, 1], a[:, 2], flops, has_flops,
+            size=np.array(cols["size"], object) if "size" in cols else None,
+            budget=np.array(cols["budget"], float) if "budget" in cols else None,
+            seed=np.array(cols["seed"], int) if "seed" in cols else None,
+            budget_is_flops=kinds == {"flops"},
+        )  # fmt: skip
     return out
+
+
+def _label(path: Path, line: int, column: str, raw: str | None) -> str | float | int:
+    """An optional column's value: a size label, a positive budget, an integer seed."""
+    raw = (raw or "").strip()
+    if column == "size":
+        if not raw:
+            raise TableError(f"{path}, line {line}: column size is empty")
+        return raw
+    try:
+        v = float(raw) if column == "budget" else int(raw)
+    except ValueError:
+        kind = "a number" if column == "budget" else "an integer"
+        raise TableError(f"{path}, line {line}: column {column}={raw!r} is not {kind}") from None
+    if column == "budget" and not (math.isfinite(v) and v > 0):
+        raise TableError(f"{path}, line {line}: column budget={raw!r} must be positive")
+    return v

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +266,16 @@ class Trainer:
     def _percent(value: float | None) -> str:
         return "n/a (>100%, see warning)" if value is None else f"{100 * value:.2f}%"
 
-    def run(self) -> dict[str, Any]:
+    def run(self, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Train to ``train.steps``, validate, save the final (consolidated) checkpoint.
+
+        Args:
+            on_step: called with the step number after every logged step (a sweep's
+                progress bar when it trains runs in its own process).
+
+        Returns:
+            The last step's metrics with the final ``val_loss``.
+        """
         from tqdm import tqdm
 
         cfg = self.cfg.train
@@ -277,6 +287,7 @@ class Trainer:
             unit="step",
             disable=not self.dist.is_main,
             dynamic_ncols=True,
+            position=0,  # its own line even beside a sweep's bar (plan "inprocess")
         )
         last: dict[str, Any] = {}
         while self.step < cfg.steps:
@@ -318,6 +329,8 @@ class Trainer:
                 last["val_loss"] = self.validate()
                 self._log_uniformity()
             self._log(last)
+            if on_step is not None:
+                on_step(self.step)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{last['lr']:.2e}")
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:

@@ -11,7 +11,6 @@ from filtertron.scaling.analysis import analyze, compare
 from filtertron.scaling.compute import (
     FlopsModel,
     Frontier,
-    isoflop_profiles,
     multiplier,
     verdict,
 )
@@ -124,18 +123,3 @@ def test_flops_model_fit_recovers_a_power_law():
     fm = FlopsModel.fit(n, 11.0 * n**0.9)
     assert fm.c == pytest.approx(11.0)
     assert fm.g == pytest.approx(0.9)
-
-
-def test_isoflop_profiles_group_by_compute_and_find_the_parabola_vertex():
-    # Three budgets, five sizes each, losses exactly on parabolas in log N with known vertex.
-    rows = []
-    for c, x0 in ((1e18, 18.0), (1e19, 19.0), (1e20, 20.0)):
-        for x in np.linspace(x0 - 1.0, x0 + 1.0, 5):
-            rows.append((np.exp(x), c * (1 + 0.01 * np.sin(x)), 3.0 + 0.2 * (x - x0) ** 2))
-    rows.append((1e9, 5e21, 2.0))  # a lone run at another budget: no profile
-    n, c, loss = (np.array(v) for v in zip(*rows))
-    profiles = isoflop_profiles(n, c, loss)
-    assert [len(p.n_params) for p in profiles] == [5, 5, 5]
-    for p, x0 in zip(profiles, (18.0, 19.0, 20.0)):
-        assert np.log(p.n_opt) == pytest.approx(x0, abs=1e-6)
-        assert p.loss_opt == pytest.approx(3.0, abs=1e-9)

@@ -48,9 +48,19 @@ def test_fit_cli_writes_fits_results_and_plots(tmp_path, capsys):
     assert len(mult) == 5 and all(m["verdict"] == "better" for m in mult)
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["variant"] for r in rows] == ["wide"] * 5
-    assert "Compute multiplier against baseline" in (out / "results.md").read_text()
-    for name in ("loss_vs_compute.png", "multiplier.png"):
+    # One row per approach and budget; a tokens grid has no isoFLOP profiles, so approach 2
+    # has no multiplier and says why.
+    assert [(r["variant"], r["approach"]) for r in rows] == [("wide", "2")] * 5 + [
+        ("wide", "3")
+    ] * 5
+    assert {r["not_identified"] for r in rows[:5]} == {
+        "variant: no isoFLOP profiles (no compute budget with 3 sizes)"
+    }
+    assert [r["identified"] for r in rows[5:]] == ["True"] * 4 + ["False"]  # the top budget:
+    assert rows[-1]["not_identified"].startswith("compute-optimal size outside")  # N* > grid
+    text = (out / "results.md").read_text()
+    assert "wide** (rests on approach 3): compute multiplier (approach 3" in text
+    for name in ("loss_vs_compute.png", "multiplier.png", "paired.png"):
         size = (out / name).stat().st_size
         assert 5_000 < size < 150_000, (name, size)
     assert not (out / "isoflop.png").exists()

@@ -43,10 +43,12 @@ def _digest(run_dir):
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_only_what_is_missing(tmp_path, dataset):
+@pytest.mark.parametrize("plan", ["local", "inprocess"])
+def test_killed_sweep_resumes_only_what_is_missing(tmp_path, dataset, plan):
     # Three runs of 10, 300 and 20 steps; the sweep is SIGKILLed while the 300-step run is
     # between checkpoints (it saves every 100 steps). Restarted with --resume it must train
     # the rest of run 2 from its checkpoint and all of run 3, and leave run 1 byte for byte.
+    # Under plan "inprocess" the trainer is the sweep's own process; the kill is the same.
     path = write_sweep(
         tmp_path / "s.yaml",
         budgets={"kind": "tokens", "values": [1280, 38400, 2560]},
@@ -56,7 +58,7 @@ def test_killed_sweep_resumes_only_what_is_missing(tmp_path, dataset):
     runs = out / "runs"
     first, second, third = (runs / f"baseline.a.{b}.s0" for b in ("t1.28e3", "t3.84e4", "t2.56e3"))
     proc = subprocess.Popen(
-        _sweep_cmd(path, out, dataset),
+        _sweep_cmd(path, out, dataset, "--plan", plan),
         env=_env(),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
@@ -83,13 +85,17 @@ def test_killed_sweep_resumes_only_what_is_missing(tmp_path, dataset):
 
     # Without --resume the interrupted run is reported, nothing runs.
     plain = subprocess.run(
-        _sweep_cmd(path, out, dataset), env=_env(), cwd=tmp_path, capture_output=True, text=True
+        _sweep_cmd(path, out, dataset, "--plan", plan),
+        env=_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert plain.returncode == 2
     assert "interrupted runs: baseline.a.t3.84e4.s0 (step 100/300); pass --resume" in plain.stderr
 
     again = subprocess.run(
-        _sweep_cmd(path, out, dataset, "--resume"),
+        _sweep_cmd(path, out, dataset, "--resume", "--plan", plan),
         env=_env(),
         cwd=tmp_path,
         capture_output=True,
@@ -115,7 +121,11 @@ def test_killed_sweep_resumes_only_what_is_missing(tmp_path, dataset):
 
     # A third invocation trains nothing; an edited sweep is refused before anything runs.
     done = subprocess.run(
-        _sweep_cmd(path, out, dataset), env=_env(), cwd=tmp_path, capture_output=True, text=True
+        _sweep_cmd(path, out, dataset, "--plan", plan),
+        env=_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0 and "3 of 3 runs finished; 0 to do" in done.stdout
     edited = write_sweep(
@@ -124,7 +134,11 @@ def test_killed_sweep_resumes_only_what_is_missing(tmp_path, dataset):
         schedule={"checkpoints": 3, "warmup_fraction": 0.3},
     )
     changed = subprocess.run(
-        _sweep_cmd(edited, out, dataset), env=_env(), cwd=tmp_path, capture_output=True, text=True
+        _sweep_cmd(edited, out, dataset, "--plan", plan),
+        env=_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert changed.returncode == 2
     assert (

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from filtertron.checkpoint.files import commit, tag_for
+from filtertron.cli import main
 from filtertron.config import ConfigError
 from filtertron.scaling import runner
 from filtertron.scaling import sweep as sw
@@ -77,3 +78,45 @@ def test_one_sweep_per_directory(tmp_path):
         with pytest.raises(ConfigError, match="another sweep is running there"):
             with sw.locked(tmp_path / "out"):
                 pass
+
+
+def test_only_a_cut_off_last_metrics_line_is_skipped(tmp_path, dataset, capsys):
+    first, *_ = _runs(tmp_path, dataset)
+    _fake_finish(first, 4.5)
+    path = first.dir / "metrics.jsonl"
+    good = path.read_text()  # two complete lines
+    path.write_text(good + '{"step": 21, "lo')  # a trainer killed mid-write
+    assert runner.collect(first.dir)["loss"] == 4.5
+    # Anything else that does not read as a JSON object is corruption: a cut line with lines
+    # after it, a last line that ends in a newline, an array, an empty line.
+    cut = '{"step": 3, "lo\n'
+    for text, line in (
+        (cut + good, 1),
+        (good.replace("\n", "\n" + cut, 1), 2),
+        (good + cut, 3),
+        (good + "[1, 2]\n", 3),
+        ("\n" + good, 1),
+    ):
+        path.write_text(text)
+        (first.dir / "result.json").unlink(missing_ok=True)
+        with pytest.raises(runner.MetricsError, match=rf"{path}, line {line}: "):
+            runner.collect(first.dir)
+    # The sweep stops before training anything, naming the file and the line.
+    assert not (first.dir / "result.json").exists()
+    sweep = tmp_path / "s.yaml"
+    args = ["sweep", str(sweep), "--out", str(tmp_path / "out"), "--set", f"data.path={dataset}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line 1: not valid JSON" in err and "only a cut-off last line" in err
+
+
+def test_resuming_drops_a_cut_off_metrics_line(tmp_path, dataset):
+    _, second, _ = _runs(tmp_path, dataset)
+    runner.prepare(second)
+    _fake_checkpoint(second, 5)
+    path = second.dir / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "lo')
+    assert runner.begin(second.dir, resume=True) is True
+    assert path.read_text() == '{"step": 1, "loss": 5.0}\n'  # the trainer appends after it
+    assert "dropped a cut-off last line (15 bytes)" in (second.dir / "train.log").read_text()
+    assert runner.begin(second.dir, resume=True) is True and runner.metrics(second.dir)

@@ -10,7 +10,7 @@ export TRITON_CACHE_DIR        := $(CACHE)/triton
 export MPLCONFIGDIR            := $(CACHE)/matplotlib
 export HF_DATASETS_CACHE       := $(CACHE)/hf_datasets
 
-.PHONY: install system-deps demo test test-slow lint bench clean
+.PHONY: install system-deps demo test test-slow triton-gate-3.6 lint bench clean
 
 $(VENV)/.installed: setup.py
 	$(MAKE) system-deps
@@ -30,8 +30,19 @@ system-deps:
 	  else echo "please install an MPI (libopenmpi-dev openmpi-bin) and numactl"; exit 1; fi; \
 	fi
 
+# The default tests include the Triton compile gate (tests/kernels/test_compile_gate.py) with the
+# installed Triton; triton-gate-3.6 repeats it with Triton 3.6.0 (torch 2.11's, the GPU machine's
+# stack), installed into a side folder so the environment stays untouched. .ci/run runs both.
 test: install
 	$(VPY) -m pytest -m "not slow" -q
+
+TRITON36 := $(CACHE)/triton-3.6.0
+$(TRITON36)/.installed: | install
+	$(VPY) -m pip install -q --no-deps --target $(TRITON36) triton==3.6.0
+	touch $@
+
+triton-gate-3.6: install $(TRITON36)/.installed
+	PYTHONPATH=$(TRITON36) $(VPY) tools/triton_gate.py
 
 test-slow: install
 	$(VPY) -m pytest -m slow -q

@@ -12,17 +12,24 @@ non-powers of two, fp32 / bf16 / fp16, the band w_h read on the device):
                (MODE 2): flash-style passes, no T x T memory. Partial sums are added here,
                after the kernels (deterministic, no atomics).
 
-fp32 inputs use IEEE fp32 dots unless torch allows TF32 matmuls
-(``torch.backends.cuda.matmul.allow_tf32``), the same rule as torch's own fp32 matmul.
-Block sizes are fixed per head dim (``BLOCKS``), from Triton tutorial 06's choices; they are
-not tuned here (no GPU). Runs on CUDA; on CPU only under ``TRITON_INTERPRET=1`` (set before
-this module is imported), which the tests use.
+Precision policy (one place, :func:`_dot_mode` and :func:`unsupported`): bf16 / fp16 inputs
+run 16-bit tensor-core dots with fp32 accumulation; fp32 inputs run TF32 dots, and only when
+torch allows TF32 matmuls (``torch.backends.cuda.matmul.allow_tf32``, the rule of torch's own
+fp32 matmul); otherwise impl="triton" refuses fp32 with that reason and ``auto`` takes the next
+impl of its row (IEEE fp32 dots spill tens of thousands of registers). The softmax statistics,
+every accumulator and the partial sums of dh_y and dh_p (float64 across blocks) stay in fp32 or
+wider. Launch configurations per architecture and head dim are :data:`CONFIGS`; every one is
+compiled for sm_80 and sm_90 by ``tools/triton_gate.py`` in ``make test``. Runs on CUDA; on CPU
+only under ``TRITON_INTERPRET=1`` (set before this module is imported), which the tests use.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -36,24 +43,83 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2E = 1.0 / math.log(2.0)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 128
-_POSITION = {"none": 0, "square": 1, "linear": 2}
-# head dim <= 64 / <= 128 -> (fwd BLOCK_M, BLOCK_N, bwd-kv BLOCK_M, BLOCK_N, bwd-q BLOCK_M,
-# BLOCK_N, num_warps, num_stages). The interpreter runs small blocks, so T = 97 spans several.
-BLOCKS = {
-    64: (128, 64, 32, 128, 128, 32, 4, 3),
-    128: (128, 64, 32, 64, 64, 32, 8, 2),
-    "interpreter": (32, 16, 16, 32, 32, 16, 1, 1),
-}
+# The kernels' runtime flag word (FLAGS): not specialized on, so one compile serves causal and
+# two-sided, banded and dense, with or without the gaussian's key bias, square or linear f.
+FLAG_CAUSAL, FLAG_KEY_BIAS, FLAG_SQUARE, FLAG_OWN = 1, 2, 4, 8  # OWN: STORE32 / NEED
 
 
-def _blocks(D: int) -> tuple[int, ...]:
-    return BLOCKS["interpreter"] if INTERPRETED else BLOCKS[64 if D <= 64 else 128]
+@dataclass(frozen=True)
+class Blocks:
+    """One kernel's launch configuration: tile (BLOCK_M queries x BLOCK_N keys), warps, stages."""
+
+    m: int
+    n: int
+    warps: int
+    stages: int
+
+
+# CONFIGS[(arch, head dim bucket)] = {kernel: Blocks}; arch 9 (sm_90) or 8 (sm_80, sm_86,
+# sm_89), bucket 64 (D <= 64) or 128 (64 < D <= 128); "<kernel>_fp32" for float32 (TF32)
+# inputs, whose tiles take twice the registers. Chosen from a compile sweep (2026-12-05,
+# Triton 3.9 and 3.6, the wheels' ptxas): the largest tiles tried whose heaviest
+# specialization (position term, twicing's MODE 2 / SECOND pass) compiles with no register
+# spill and within shared memory; tools/triton_gate.py checks every specialization in make
+# test. Their speed on a GPU has not been measured yet (docs/gpu.md): a GPU check that times
+# them may change this table.
+B = Blocks
+CONFIGS: dict[tuple[int, int], dict[str, Blocks]] = {
+    (9, 64): {"fwd": B(128, 64, 8, 3), "bwd_q": B(128, 32, 8, 2), "bwd_kv": B(32, 128, 8, 2),
+              "fwd_fp32": B(128, 64, 8, 2), "bwd_q_fp32": B(128, 32, 8, 2),
+              "bwd_kv_fp32": B(16, 128, 8, 2)},
+    (9, 128): {"fwd": B(128, 64, 8, 2), "bwd_q": B(64, 32, 8, 2), "bwd_kv": B(16, 64, 8, 2),
+               "fwd_fp32": B(64, 32, 4, 2), "bwd_q_fp32": B(32, 32, 4, 2),
+               "bwd_kv_fp32": B(16, 32, 4, 2)},
+    (8, 64): {"fwd": B(128, 64, 8, 3), "bwd_q": B(32, 32, 4, 2), "bwd_kv": B(32, 32, 4, 2),
+              "fwd_fp32": B(128, 64, 8, 2), "bwd_q_fp32": B(32, 32, 8, 2),
+              "bwd_kv_fp32": B(32, 32, 4, 2)},
+    (8, 128): {"fwd": B(128, 64, 8, 2), "bwd_q": B(32, 64, 8, 2), "bwd_kv": B(16, 32, 4, 2),
+               "fwd_fp32": B(64, 32, 4, 2), "bwd_q_fp32": B(32, 32, 4, 2),
+               "bwd_kv_fp32": B(16, 32, 8, 2)},
+}  # fmt: skip
+# The interpreter runs small blocks, so T = 97 spans several query and key blocks.
+INTERPRETER = {"fwd": Blocks(32, 16, 1, 1), "bwd_kv": Blocks(16, 32, 1, 1),
+               "bwd_q": Blocks(32, 16, 1, 1)}  # fmt: skip
+_ARCH: list[int] = []  # the compile gate's target arch (for_arch), else the device's
+
+
+@contextmanager
+def for_arch(arch: int) -> Iterator[None]:
+    """Launch with the configurations of ``arch`` (8 or 9): the compile gate records them."""
+    _ARCH.append(arch)
+    try:
+        yield
+    finally:
+        _ARCH.pop()
+
+
+def arch_of(device: torch.device) -> int:
+    """The CONFIGS arch for a device: 9 from sm_90 up, else 8."""
+    if _ARCH:
+        return _ARCH[-1]
+    return 9 if torch.cuda.get_device_capability(device)[0] >= 9 else 8
+
+
+def configs(D: int, dtype: torch.dtype, device: torch.device) -> dict[str, Blocks]:
+    """The launch configuration of each kernel ("fwd", "bwd_q", "bwd_kv") for head dim D and
+    input dtype on ``device``."""
+    if INTERPRETED and not _ARCH:
+        return INTERPRETER
+    table = CONFIGS[(arch_of(device), 64 if D <= 64 else 128)]
+    suffix = "_fp32" if dtype == torch.float32 else ""
+    return {name: table[name + suffix] for name in ("fwd", "bwd_q", "bwd_kv")}
 
 
 def _dot_mode(dtype: torch.dtype) -> int:
+    """The kernels' DOT: 0 16-bit tensor cores, 1 fp32 IEEE (interpreter only), 2 TF32,
+    3 bf16 upcast (interpreter only: it multiplies bf16 bit patterns, triton#11584)."""
     if dtype == torch.float32:
-        return 2 if torch.backends.cuda.matmul.allow_tf32 and not INTERPRETED else 1
-    return 3 if INTERPRETED and dtype == torch.bfloat16 else 0
+        return 1 if INTERPRETED and not _ARCH else 2
+    return 3 if INTERPRETED and not _ARCH and dtype == torch.bfloat16 else 0
 
 
 def _pow2(n: int) -> int:
@@ -72,27 +138,29 @@ def _common(q, k, v, scale, key_bias, coef, band, position, causal):
     if key_bias is not None:  # s_h b_j in base-2 units
         kb = log2(key_bias.detach().double() * scale.detach().double()[:, None])
     c = q.new_empty(1, dtype=f32) if coef is None else log2(coef)
-    w = q.new_empty(1, dtype=torch.int32) if band is None else band.to(torch.int32).contiguous()
+    if band is None:  # dense: a band of T, one code path (and one compile) for both
+        w = torch.full((H,), T, dtype=torch.int32, device=q.device)
+    else:
+        w = band.to(torch.int32).contiguous()
     heads = (log2(scale), kb, c, w)
+    flags = FLAG_CAUSAL * causal + FLAG_KEY_BIAS * (key_bias is not None)
+    flags += FLAG_SQUARE * (position == "square")
     const = {
         "BLOCK_D": _pow2(D),
         "BLOCK_DV": _pow2(v.shape[-1]),
-        "CAUSAL": causal,
-        "POSITION": _POSITION[position],
-        "HAS_KB": key_bias is not None,
-        "BANDED": band is not None,
+        "POSITION": position != "none",
         "DOT": _dot_mode(q.dtype),
     }
-    return heads, const, (H, T, D, v.shape[-1])
+    return heads, const, (H, T, D, v.shape[-1]), flags
 
 
 def _forward(q, k, v, scale, key_bias, coef, band, position, causal, twice, block, keep):
     B, H, T, D = q.shape
     Dv = v.shape[-1]
-    heads, const, dims = _common(q, k, v, scale, key_bias, coef, band, position, causal)
-    fm, fn, *_, warps, stages = _blocks(D)
-    grid = (triton.cdiv(T, fm), B * H)
-    launch = {"BLOCK_M": fm, "BLOCK_N": fn, "num_warps": warps, "num_stages": stages, **const}
+    heads, const, dims, flags = _common(q, k, v, scale, key_bias, coef, band, position, causal)
+    c = configs(D, q.dtype, q.device)["fwd"]
+    grid = (triton.cdiv(T, c.m), B * H)
+    launch = {"BLOCK_M": c.m, "BLOCK_N": c.n, "num_warps": c.warps, "num_stages": c.stages, **const}
     lse = q.new_empty((B, H, T), dtype=torch.float32)
     first = q.new_empty((B, H, T, Dv))  # O1 when twicing, else the output
     low = q.dtype != torch.float32  # 16-bit: also store the unrounded output (ops docstring)
@@ -103,15 +171,17 @@ def _forward(q, k, v, scale, key_bias, coef, band, position, causal, twice, bloc
     first32 = o1 if twice else o32
     # (an empty tensor may have a null data pointer: pass lse in its place when not used)
     first32 = first32 if first32.numel() else lse
-    attn_fwd[grid](q, k, v, *heads, first, first32, lse, lse, *strides, *dims, SECOND=False,
-                   STORE32=first32 is not lse, **launch)  # fmt: skip
+    own = FLAG_OWN * (first32 is not lse)  # STORE32
+    attn_fwd[grid](q, k, v, *heads, first, first32, lse, lse, *strides, *dims, flags + own,
+                   SECOND=False, **launch)  # fmt: skip
     out = first
     if twice:
         out = torch.empty_like(first)
         strides = (*q.stride(), *k.stride(), *first.stride())
         out32 = o32 if o32.numel() else lse
-        attn_fwd[grid](q, k, first, *heads, out, out32, o1, lse, *strides, *dims, SECOND=True,
-                       STORE32=out32 is not lse, **launch)  # fmt: skip
+        own = FLAG_OWN * (out32 is not lse)
+        attn_fwd[grid](q, k, first, *heads, out, out32, o1, lse, *strides, *dims, flags + own,
+                       SECOND=True, **launch)  # fmt: skip
     o1 = o1 if keep and twice else ops._empty(q)
     return out, lse if keep else ops._empty(q), o1, o32
 
@@ -124,20 +194,22 @@ def _backward(
     B, H, T, D = q.shape
     Dv = v.shape[-1]
     dtype, f32 = q.dtype, torch.float32
-    heads, const, dims = _common(q, k, v, scale, key_bias, coef, band, position, causal)
-    _, _, km, kn, qm, qn, warps, stages = _blocks(D)
-    kv_grid, q_grid = (triton.cdiv(T, kn), B * H), (triton.cdiv(T, qm), B * H)
-    kv = {"BLOCK_M": km, "BLOCK_N": kn, "num_warps": warps, "num_stages": stages, **const}
-    qk = {"BLOCK_M": qm, "BLOCK_N": qn, "num_warps": warps, "num_stages": stages, **const}
+    heads, const, dims, flags = _common(q, k, v, scale, key_bias, coef, band, position, causal)
+    cfg = configs(D, q.dtype, q.device)
+    ckv, cq = cfg["bwd_kv"], cfg["bwd_q"]
+    kv_grid, q_grid = (triton.cdiv(T, ckv.n), B * H), (triton.cdiv(T, cq.m), B * H)
+    kv = {"BLOCK_M": ckv.m, "BLOCK_N": ckv.n, "num_warps": ckv.warps, "num_stages": ckv.stages}
+    qk = {"BLOCK_M": cq.m, "BLOCK_N": cq.n, "num_warps": cq.warps, "num_stages": cq.stages}
+    kv, qk = {**kv, **const}, {**qk, **const}
     strides = (*q.stride(), *k.stride(), *v.stride())
     g = g.to(dtype).contiguous()
     dk, dv = q.new_empty(q.shape), q.new_empty((B, H, T, Dv))  # contiguous
     dkb = q.new_zeros((B, H, T), dtype=f32)
-    dc = q.new_zeros((B, H, T), dtype=f32)  # per query: sum_j dS_ij f(i - j)
+    dc = q.new_zeros((B, H, T), dtype=torch.float64)  # per query: sum_j dS_ij f(i - j)
     if twice:
         X = q.new_empty((B, H, T, Dv), dtype=f32)  # A^T G
         cols = (lse, lse, g, g, g, dk, X, dkb, dkb)  # delta, V2, DO2 unused in MODE 1
-        attn_bwd_kv[kv_grid](q, k, v, *heads, *cols, *strides, *dims, MODE=1, NEED_S=False, **kv)
+        attn_bwd_kv[kv_grid](q, k, v, *heads, *cols, *strides, *dims, flags, MODE=1, **kv)
         do = (2 * g.float() - X).to(dtype)  # dO1 = 2 G - A^T G
         o2 = 2 * o1 - out.float()  # the second pass's A O1, as the kernel summed it
         delta = (do.float() * o1).sum(-1) - (g.float() * o2).sum(-1)
@@ -148,15 +220,15 @@ def _backward(
     delta = delta.contiguous()
     dq, rows = q.new_empty(q.shape), q.new_empty((B, H, T), dtype=f32)
     cols = (lse, delta, do, v2, do2, dq, rows, dc)
-    attn_bwd_q[q_grid](q, k, v, *heads, *cols, *strides, *dims, MODE=mode, NEED_C=need, **qk)
+    own = FLAG_OWN * bool(need)  # NEED_C
+    attn_bwd_q[q_grid](q, k, v, *heads, *cols, *strides, *dims, flags + own, MODE=mode, **qk)
     delta = delta + rows  # every row of dS sums to 0 again (triton_kernels docstring)
     dsk = q.new_zeros((B, H, T), dtype=torch.float64)
     cols = (lse, delta, do, v2, do2, dk, dv, dkb, dsk)
-    attn_bwd_kv[kv_grid](
-        q, k, v, *heads, *cols, *strides, *dims, MODE=mode, NEED_S=need_scale, **kv
-    )
+    own = FLAG_OWN * bool(need_scale)  # NEED_S
+    attn_bwd_kv[kv_grid](q, k, v, *heads, *cols, *strides, *dims, flags + own, MODE=mode, **kv)
     dscale = dsk.sum((0, 2)).float() if need_scale else ops._empty(q)
-    dcoef = -dc.sum((0, 2)) if need else ops._empty(q)
+    dcoef = -dc.sum((0, 2)).float() if need else ops._empty(q)
     return dq, dk, dv, dscale, dkb if key_bias is not None else ops._empty(q), dcoef
 
 
@@ -184,6 +256,13 @@ def unsupported(kernel: Kernel) -> str | None:
         return "impl='triton' has no attention dropout; use impl='reference'"
     if q.dtype not in DTYPES:
         return f"impl='triton' runs float32/bfloat16/float16, got {q.dtype}"
+    if q.dtype == torch.float32 and not INTERPRETED and not torch.backends.cuda.matmul.allow_tf32:
+        return (
+            "impl='triton' runs float32 through TF32 tensor cores only, and torch disallows TF32 "
+            "(torch.backends.cuda.matmul.allow_tf32 is False): IEEE fp32 dots would spill "
+            "registers and crawl; use bf16/fp16, allow TF32 "
+            "(torch.set_float32_matmul_precision('high')), or impl='flex'"
+        )
     if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
         return (
             f"impl='triton' takes head dims up to {MAX_HEAD_DIM}, got D={q.shape[-1]}, "

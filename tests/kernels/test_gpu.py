@@ -9,8 +9,10 @@ the rounded inputs. Covers:
 - every Triton kernel (softmax, ALiBi, bilateral dot / gaussian, banded and dense, twicing
   over softmax, ALiBi and bilateral; causal and two-sided) forward and backward at ragged
   T = 1, 40, 97, 129, 300, 1000 paired with head dims 64, 80, 128, in fp32 / bf16 / fp16;
-- compiled FlexAttention forward AND backward at T = 1, 40, 97, 129, 300: on CUDA flex is
-  not padded, so this is the check for the ragged-block bug seen on CPU (issue 13);
+- fp32 through TF32 (the precision policy of filtertron/kernels/triton_op.py): the fp32
+  reference runs with TF32 allowed too, and rel is one unit of TF32 (2^-10); without TF32
+  impl="triton" refuses fp32;
+- dh_y and dh_p of bilateral at T = 16K (float64 partial sums) against float64;
 - banded == dense within the band's tolerance, exactly when the band covers T, and
   bit-identical repeated backwards (no atomics).
 Runtime: dominated by compiles (Triton ~1 s per kernel variant, flex ~10-20 s per new T).
@@ -18,19 +20,18 @@ Runtime: dominated by compiles (Triton ~1 s per kernel variant, flex ~10-20 s pe
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from filtertron.model.attention.functional import attention
-from tests.model.test_attention_ops import CASES, REL, assert_matches, literal, run
+from tests.model.test_attention_ops import CASES, assert_matches, literal, run
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-RELS = {torch.float32: REL, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+# fp32 runs TF32 dots (kernels and the fp32 reference alike): one unit of TF32's 10-bit mantissa.
+RELS = {torch.float32: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
 NAMES = ["out", "dq", "dk", "dv", "dh_y", "dh_p"]
 # Ragged T with head dims 64, 80 (not a power of two) and 128, paired to keep compiles few.
 SHAPES = [(1, 64), (40, 80), (97, 128), (129, 64), (300, 80), (1000, 128)]
@@ -38,10 +39,10 @@ TWO_SIDED = ("alibi", "bilateral-gaussian", "twicing-softmax", "twicing-bilatera
 
 
 @pytest.fixture(autouse=True)
-def _exact_fp32_matmul():
-    """The fp32 references must be fp32 (no TF32), and the kernels follow the same switch."""
+def _tf32_matmul():
+    """impl="triton" runs fp32 through TF32 only; the fp32 reference follows the same switch."""
     before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = True
     yield
     torch.backends.cuda.matmul.allow_tf32 = before
 
@@ -115,3 +116,25 @@ def test_triton_repeated_backward_is_bit_identical():
         second = _grads("triton", qkv, h, g, kind=kind, **extra)
         for a, b in zip(first, second, strict=True):
             assert torch.equal(a, b)
+
+
+def test_triton_refuses_fp32_without_tf32():
+    q = torch.randn(1, 2, 64, 64, device="cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False  # restored by the fixture
+    with pytest.raises(NotImplementedError, match="TF32"):
+        attention(q, q, q, impl="triton")
+
+
+@pytest.mark.parametrize("content", ["dot", "gaussian"])
+def test_triton_bandwidth_gradients_at_16k(content):
+    """dh_y and dh_p sum T^2 terms growing like (i - j)^2: float64 partial sums keep them."""
+    qkv = tensors(16384, 64, B=1)  # H = 3: the bandwidths of kernel_args
+    g = torch.randn_like(qkv[0])
+    case = f"bilateral-{content}"
+    ref64 = literal(case, qkv, torch.float64, True, g, round_to=torch.bfloat16)
+    ref = literal(case, qkv, torch.bfloat16, True, g)
+    fast = run("triton", case, qkv, torch.bfloat16, True, g)
+    names = NAMES[: len(ref64)]
+    keep = [i for i, n in enumerate(names) if n in ("dh_y", "dh_p")]
+    pick = [[x[i] for i in keep] for x in (fast, ref, ref64)]
+    assert_matches(*pick, [names[i] for i in keep], rel=RELS[torch.bfloat16])

@@ -7,7 +7,7 @@ float64 run <= 2x the error of the reference run in the kernel's precision + rel
 rel = 4e-6 for float32 and one unit of the format for 16-bit inputs (2^-7 bfloat16, 2^-10
 float16: a 16-bit output is rounded once more or less than the reference's, which can flip it
 by one unit). For 16-bit the float64 run takes the rounded inputs, so only the computation's
-error is compared. The kernels run with the interpreter's small blocks (BLOCKS["interpreter"]),
+error is compared. The kernels run with the interpreter's small blocks (triton_op.INTERPRETER),
 so T = 97 already spans several query and key blocks and ends in a ragged one; D = 24 and
 40 are not powers of two. The interpreter is 500-1500x slower than torch: the default run
 keeps B = 1, H = 3, T = 97; the slow run adds T = 300, D = 40 and 128, Dv != D, other block
@@ -52,8 +52,8 @@ def check(case, T=97, D=24, dtype=torch.float32, causal=True, Dv=None, **extra):
 
 
 def test_interpreter_blocks_make_t97_multi_block():
-    fm, fn, km, kn, qm, qn, *_ = triton_op.BLOCKS["interpreter"]
-    assert all(97 > 2 * b and 97 % b != 0 for b in (fm, fn, km, kn, qm, qn))
+    sizes = [n for c in triton_op.INTERPRETER.values() for n in (c.m, c.n)]
+    assert all(97 > 2 * b and 97 % b != 0 for b in sizes)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -139,11 +139,13 @@ def test_matches_reference_slow(case, shape, causal, dtype):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("blocks", [(16, 32, 32, 16, 16, 32, 1, 1), (64, 64, 64, 64, 64, 64, 1, 1)])
+@pytest.mark.parametrize("blocks", [((16, 32), (32, 16), (16, 32)), ((64, 64),) * 3], ids=str)
 @pytest.mark.parametrize("case", ["bilateral-gaussian", "twicing-alibi", "twicing-bilateral-dot"])
 def test_other_block_shapes(case, blocks, monkeypatch):
     """Key ranges and masks do not depend on the block sizes (nor on BLOCK_M vs BLOCK_N)."""
-    monkeypatch.setitem(triton_op.BLOCKS, "interpreter", blocks)
+    B = triton_op.Blocks
+    configs = {k: B(m, n, 1, 1) for k, (m, n) in zip(("fwd", "bwd_kv", "bwd_q"), blocks)}
+    monkeypatch.setattr(triton_op, "INTERPRETER", configs)
     check(case, T=200, D=24)
     check(case, T=200, D=24, causal=False)
 

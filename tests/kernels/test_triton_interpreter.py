@@ -159,3 +159,15 @@ def test_opcheck():
     leaves = [None if t is None else t.detach().requires_grad_() for t in kernel.tensors()]
     args = (*leaves, kernel.band, "square", True, True, 0, True)
     torch.library.opcheck(triton_op.triton_op, args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["bilateral-dot", "bilateral-gaussian"])
+def test_bandwidth_gradients_at_long_t(case, monkeypatch):
+    """dh_y and dh_p at T = 4096 (sums of T^2 terms growing like (i - j)^2, kept in float64
+    across blocks) within the rule against float64; the GPU check repeats this at T = 16K."""
+    B = triton_op.Blocks
+    monkeypatch.setattr(
+        triton_op, "INTERPRETER", dict.fromkeys(("fwd", "bwd_kv", "bwd_q"), B(64, 64, 1, 1))
+    )
+    check(case, T=4096, D=16)

@@ -160,6 +160,8 @@ def test_bad_requests_exit_2(dataset, runs, tmp_path, capsys):
     assert "tokenizer" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 62 s; the float64 reduction on 2 gloo ranks is tested by default in
+# tests/parallel/test_collectives.py
 @pytest.mark.distributed
 def test_dp2_equals_dp1(dataset, runs, tmp_path):
     args = [

@@ -47,6 +47,7 @@ def _check_outputs(out, variants, n_runs):
     assert sum(n.endswith("/result.json") for n in names) == n_runs
 
 
+@pytest.mark.slow  # 58 s; the in-process plan, resume and fits have default tests
 def test_reduced_isoflop_grid_in_process_fit_and_archive(tmp_path, dataset):
     # 2 variants x 3 sizes x 3 budgets spanning 10x: 18 runs of 2-63 steps.
     variants = {"baseline": {}, "bilateral": str(ROOT / "configs" / "tiny" / "bilateral.yaml")}

@@ -94,6 +94,7 @@ def test_noise_free_points_give_the_law_back():
         assert getattr(law, k) == pytest.approx(getattr(TRUE, k), rel=1e-3), k
 
 
+@pytest.mark.slow  # 24 s: 20 repeated bootstraps; the fit itself is tested by default above
 def test_ninety_percent_intervals_cover_the_truth_in_most_of_20_repetitions():
     # 1% noise, 36 runs, 100 bootstrap resamples per repetition. A 90% interval should miss
     # about 2 of 20; "most" is asserted as at least 15 of 20 for every parameter, and the

@@ -41,8 +41,11 @@ def check(proc):
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
 
 
-# ZeRO-1 is ZeRO-2 without gradient partitioning; 2 (the demo's) and 3 run by default.
-@pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.slow), 2, 3])
+# ZeRO-1 is ZeRO-2 without gradient partitioning; 2 (the demo's) runs by default, 1 and 3 slow.
+slow = pytest.mark.slow
+
+
+@pytest.mark.parametrize("stage", [pytest.param(1, marks=slow), 2, pytest.param(3, marks=slow)])
 def test_zero_stages_match_stage0(dataset, tmp_path_factory, stage):
     ref_dir = tmp_path_factory.getbasetemp() / "zero0"
     if not (ref_dir / "metrics.jsonl").exists():

@@ -14,6 +14,7 @@ Bands are pointwise percentile intervals over the bootstrap refits at the analys
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +146,8 @@ def isoflop(a: Analysis, path: Path) -> Path | None:
                            edgecolors=color, zorder=3)  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("parameters N")
-        ax.set_title(f"{name}: {f.iso.status}" if not f.iso.identified else name, fontsize=8)
+        title = f"{name}: {f.iso.status}" if not f.iso.identified else name
+        ax.set_title(textwrap.fill(title, 40), fontsize=8)  # wrapped: panels sit side by side
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("final loss")
     fig.suptitle("isoFLOP profiles (star: vertex; hollow: not identified)", fontsize=9)

@@ -1,7 +1,8 @@
 """impl="flex" at ragged lengths: every call of the compiled CPU kernel against the reference.
 
 torch 2.13's compiled CPU FlexAttention reads uninitialised memory when T is not a multiple of
-its 128 block (``tools/flex_ragged_repro.py``); flex pads to the block on CPU. This test calls
+its 128 block (``tools/flex_ragged_repro.py``); flex pads every T to its length bucket (a
+multiple of the block, ``flex.length_bucket``) on every device. This test calls
 it three times per length with new values each time, because the bug shows as a wrong or NaN
 *later* call. Forward runs compiled (torch.no_grad); the backward runs FlexAttention's eager
 CPU backward with torch's guard lifted (the only flex backward CPU has), through the same

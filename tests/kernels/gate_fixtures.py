@@ -32,20 +32,9 @@ def constexpr_tuple(X, N, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def big_tile(A, B, C, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A pipelined matmul whose stages need more shared memory than sm_90 has per block."""
-    rm, rn, rk = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_K)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k in range(0, K, BLOCK_K):
-        a = tl.load(A + rm[:, None] * K + (k + rk)[None, :])
-        b = tl.load(B + (k + rk)[:, None] * BLOCK_N + rn[None, :])
-        acc += tl.dot(a, b)
-    tl.store(C + rm[:, None] * BLOCK_N + rn[None, :], acc)
-
-
-@triton.jit
-def spill(A, B, C, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The same matmul with a float32 accumulator far beyond one warp's registers."""
+def matmul(A, B, C, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A pipelined matmul. Launched with large tiles and 4 stages it needs more shared memory
+    than sm_90 has per block; with one warp its float32 accumulator spills registers."""
     rm, rn, rk = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k in range(0, K, BLOCK_K):

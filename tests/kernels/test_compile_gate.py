@@ -80,8 +80,8 @@ mm = {"A": "*bf16", "B": "*bf16", "C": ptr, "K": "i32", "BLOCK_M": "constexpr",
 cases = {
     "global_annotated": Launch("global_annotated", 90, small, [[[2], 128]], [], 4, 1),
     "constexpr_tuple": Launch("constexpr_tuple", 90, small, [[[2], 128]], [], 4, 1),
-    "big_tile": Launch("big_tile", 90, mm, [[[4], 256], [[5], 256], [[6], 128]], [], 8, 4),
-    "spill": Launch("spill", 80, mm, [[[4], 128], [[5], 128], [[6], 32]], [], 1, 1),
+    "big_tile": Launch("matmul", 90, mm, [[[4], 256], [[5], 256], [[6], 128]], [], 8, 4),
+    "spill": Launch("matmul", 80, mm, [[[4], 128], [[5], 128], [[6], 32]], [], 1, 1),
 }
 out = {name: problems(launch, compile_launch(launch, f)) for name, launch in cases.items()}
 print(json.dumps(out))
